@@ -1,0 +1,58 @@
+"""The `persona` command.
+
+`persona fit|validate|test|predict --config ...` is LightningCLI (Lightning 2.x installs no
+`lightning` command of its own, so this is the project's `lightning fit --config`). The other
+subcommands are small tools, each living next to the code it drives; they are imported lazily so
+that `persona --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# subcommand -> (module, function, one-line help). Each function takes argv (list[str]) -> int.
+TOOLS: dict[str, tuple[str, str, str]] = {
+    "synth": ("persona.data.synth_cli", "main", "build a ground-truth synthetic subject"),
+    "subject": ("persona.data.subject_cli", "main", "`subject check DIR`: validate a subject"),
+    "body": ("persona.body.cli", "main", "`body check|build|show`: body models"),
+    "export": ("persona.export.cli", "export_main", "export an avatar as 3DGS PLY or npz"),
+    "animate": ("persona.export.cli", "animate_main", "render an avatar along a motion to mp4"),
+    "doctor": ("persona.doctor", "main", "check the environment, weights and bodies"),
+    "demo": ("persona.demo", "main", "the main job on the embedded default, end to end"),
+    "prep": ("data_prep.cli", "main", "preprocessing stages: a photo -> a training subject"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: persona <command> [options]", "", "Lightning commands (LightningCLI):"]
+    lines += [f"  {c:<10} --config FILE.yaml [--config more.yaml] [--dotted.key value]"
+              for c in LIGHTNING_SUBCOMMANDS]
+    lines += ["", "Tools:"] + [f"  {name:<10} {h}" for name, (_, _, h) in TOOLS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command = argv[0]
+    if command in LIGHTNING_SUBCOMMANDS:
+        from persona.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(argv)
+        return 0
+    if command in TOOLS:
+        module_name, function_name, _ = TOOLS[command]
+        function = getattr(importlib.import_module(module_name), function_name)
+        return int(function(argv[1:]) or 0)
+    print(f"persona: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+def entry_point() -> None:
+    """Console-script entry: exit with main()'s status."""
+    sys.exit(main())
