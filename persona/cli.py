@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in LIGHTNING_SUBCOMMANDS:
         from persona.lightning_cli import run_lightning_cli
 
-        run_lightning_cli(argv)
+        # LightningCLI reads sys.argv itself when args is None (the console-script case).
+        run_lightning_cli(None if argv == sys.argv[1:] else argv)
         return 0
     if command in TOOLS:
         module_name, function_name, _ = TOOLS[command]

@@ -1,1 +1,1 @@
-"""callbacks."""
+"""Lightning callbacks and logging helpers: media grids, test metrics, loggers, W&B run reader."""

@@ -1,0 +1,158 @@
+"""The avatar's template: the subject's subdivided big-pose body and every fixed per-vertex
+attribute the model needs (METHOD.md sections 1 and 3). Plain tensors, built once, no file I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from persona.body.model import BodyModel
+from persona.body.types import JAW_JOINT, Identity, PoseParams
+from persona.ops.mesh import apply_laplacian, region_ring, uniform_laplacian
+
+# Triplane positions are template positions divided by this length (METHOD.md section 3: 1 m).
+TRIPLANE_UNIT_METRES = 1.0
+# Jaw opening of the triplane template (rad about the jaw's x axis). METHOD.md says "open jaw"
+# without a value; 1/3 rad opens the mouth clearly (the magnitude of the big pose's hip angle).
+DEFAULT_JAW_OPEN_ANGLE = 1.0 / 3.0
+# Key of the derived region: vertices just outside the expression face (one subdivided ring).
+FACE_BOUNDARY = "face_boundary"
+# Key of the derived region: vertices just outside the mouth interior (the mouth colour target).
+MOUTH_RING = "mouth_ring"
+# Regions where the pose deformer's offsets are zero (METHOD.md section 3); stored as "no_deform".
+DEFORMER_ZERO_REGIONS = ("hands", "face", "eyes")
+NO_DEFORM = "no_deform"
+# Regions that keep the template's skinning weights instead of the skinning field (METHOD.md
+# section 2: hands and face; the eyeballs belong to FLAME's face region, so they are included).
+TEMPLATE_WEIGHT_REGIONS = ("hands", "face", "eyes")
+KEEP_TEMPLATE_WEIGHTS = "keep_template_weights"
+# Neighbours kept per vertex by the uniform Laplacian (METHOD.md section 5: up to 10).
+LAPLACIAN_MAX_NEIGHBOURS = 10
+
+
+@dataclass
+class AvatarTemplate:
+    """The fixed per-Gaussian template (N = subdivided vertices, V0 = original vertices)."""
+
+    canonical_vertices: Tensor  # [N, 3] big pose with identity, subdivided (metres)
+    faces: Tensor  # [F, 3] long, subdivided topology
+    lbs_weights: Tensor  # [N, 55] the body's template weights carried by subdivision
+    exprdirs: Tensor  # [N, 3, E] expression basis carried by subdivision
+    region_masks: dict[str, Tensor]  # name -> [N] bool (hands, left/right_hand, face, eyes, ...)
+    triplane_positions: Tensor  # [N, 3] zero betas, big pose, open jaw, centred, / 1 m
+    dominant_joint: Tensor  # [N] long, argmax of lbs_weights
+    num_original_vertices: int  # V0: vertices 0..V0-1 are the body's own vertices
+    original_faces: Tensor  # [F0, 3] long, the body's own topology
+    laplacian: Tensor  # sparse [N, N] uniform Laplacian of the subdivided mesh
+    original_laplacian: Tensor  # sparse [V0, V0] uniform Laplacian of the original mesh
+    template_laplacian_targets: Tensor | None = None  # [N, 3] laplacian @ canonical_vertices
+
+    @property
+    def num_vertices(self) -> int:
+        return self.canonical_vertices.shape[0]
+
+    @property
+    def deformer_zero_mask(self) -> Tensor:
+        """[N] bool: hands, expression face and eyes, where pose offsets are zero."""
+        return self.region_masks[NO_DEFORM]
+
+    def to(self, device: torch.device | str) -> AvatarTemplate:
+        values = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Tensor):
+                value = value.to(device)
+            elif isinstance(value, dict):
+                value = {k: v.to(device) for k, v in value.items()}
+            values[item.name] = value
+        return AvatarTemplate(**values)
+
+
+def _union(regions: dict[str, Tensor], names: tuple[str, ...]) -> Tensor:
+    mask = torch.zeros_like(regions[names[0]])
+    for name in names:
+        mask = mask | regions[name]
+    return mask
+
+
+def triplane_template_positions(body: BodyModel, jaw_open_angle: float) -> Tensor:
+    """The body with zero betas in the big pose with the jaw opened, centred on its bounding box
+    and divided by 1 m. Returns [V0, 3]."""
+    pose = body.big_pose().clone()  # [55, 3]
+    pose[JAW_JOINT, 0] = jaw_open_angle
+    device = body.v_template.device
+    params = PoseParams(
+        full_pose=pose[None],
+        expression=torch.zeros(1, body.num_expression, device=device),
+        transl=torch.zeros(1, 3, device=device),
+    )
+    vertices = body(body.zero_identity(), params)[0]  # [V0, 3]
+    centre = (vertices.amin(0) + vertices.amax(0)) / 2.0
+    return (vertices - centre) / TRIPLANE_UNIT_METRES
+
+
+def build_avatar_template(
+    body: BodyModel,
+    identity: Identity,
+    subdivision_levels: int,  # midpoint subdivisions of the body mesh (METHOD.md: 2)
+    jaw_open_angle: float = DEFAULT_JAW_OPEN_ANGLE,  # jaw opening of the triplane template (rad)
+    laplacian_max_neighbours: int = LAPLACIAN_MAX_NEIGHBOURS,  # neighbours per Laplacian row
+) -> AvatarTemplate:
+    """Subdivide the subject's big-pose body and carry the per-vertex attributes along.
+
+    Skinning weights, the expression basis and the triplane positions are averaged at new
+    vertices; region masks are re-binarised (a new vertex is in a region only if both parents
+    are). Derived on the subdivided mesh: ``face_boundary`` (the ring of vertices just outside
+    the expression face, for the Laplacian's per-region weights) and ``mouth_ring`` (the ring
+    just outside the mouth interior, whose mean colour is the mouth's target); and the unions
+    ``no_deform`` (hands | face | eyes: zero pose offsets) and ``keep_template_weights``
+    (hands | face | eyes: template skinning weights instead of the skinning field).
+    """
+    if subdivision_levels < 0:
+        raise ValueError(f"subdivision_levels: expected >= 0, got {subdivision_levels}")
+    with torch.no_grad():
+        canonical = body.canonical(identity).vertices.detach()  # [V0, 3]
+        triplane = triplane_template_positions(body, jaw_open_angle).detach()  # [V0, 3]
+    region_masks = {k: v.bool() for k, v in body.region_masks.items()}
+    attributes: dict[str, Tensor] = {
+        "lbs_weights": body.lbs_weights,
+        "exprdirs": body.exprdirs,
+        "triplane_positions": triplane,
+        **{f"region/{k}": v for k, v in region_masks.items()},
+    }
+    original_faces = body.faces.long()
+    if subdivision_levels > 0:
+        from persona.body.subdivide import subdivide
+
+        binary = {f"region/{k}" for k in region_masks}
+        vertices, faces, attributes = subdivide(canonical, original_faces, attributes,
+                                                subdivision_levels, binary)
+    else:
+        vertices, faces = canonical, original_faces
+    regions = {k.split("/", 1)[1]: v.bool() for k, v in attributes.items()
+               if k.startswith("region/")}
+    faces = faces.long()
+    regions[FACE_BOUNDARY] = region_ring(regions["face"], faces)
+    regions[MOUTH_RING] = region_ring(regions["mouth_interior"], faces)
+    regions[NO_DEFORM] = _union(regions, DEFORMER_ZERO_REGIONS)
+    regions[KEEP_TEMPLATE_WEIGHTS] = _union(regions, TEMPLATE_WEIGHT_REGIONS)
+    lbs_weights = attributes["lbs_weights"]
+    laplacian = uniform_laplacian(faces, vertices.shape[0], laplacian_max_neighbours)
+    return AvatarTemplate(
+        canonical_vertices=vertices,
+        faces=faces,
+        lbs_weights=lbs_weights,
+        exprdirs=attributes["exprdirs"],
+        region_masks=regions,
+        triplane_positions=attributes["triplane_positions"],
+        dominant_joint=lbs_weights.argmax(dim=1),
+        num_original_vertices=body.num_vertices,
+        original_faces=original_faces,
+        laplacian=laplacian,
+        original_laplacian=uniform_laplacian(original_faces, body.num_vertices,
+                                             laplacian_max_neighbours),
+        template_laplacian_targets=apply_laplacian(laplacian, vertices),
+    )

@@ -1,0 +1,124 @@
+"""`persona test` results: RUN/metrics.json and a W&B table with thumbnails.
+
+Contract with the LightningModule: `test_step` returns either
+  {"frame": str, "metrics": dict[str, float], "thumbnail": [H, W, 3] (optional)}, or
+  a flat dict of metric floats (from `persona.metrics.protocol.evaluate_frame`); the frame is then
+  named "<batch['split'][0]>/<batch['index'][0]>" (else "test/<batch_idx>") and the thumbnail is
+  target | render from `pl_module.last_eval_visuals` when the module sets it.
+Thumbnails are uint8, or float in [0, 1]. The protocol is the callback's, else
+`pl_module.eval_protocol` (an EvalProtocol).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+
+from persona.metrics.protocol import EvalProtocol, MetricsReport
+
+THUMBNAIL_MAX_SIDE = 256  # thumbnails in the W&B table are downscaled to at most this many pixels
+
+
+def as_uint8(image) -> np.ndarray:  # noqa: ANN001 - Tensor or array
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return array
+
+
+def shrink(image: np.ndarray, max_side: int = THUMBNAIL_MAX_SIDE) -> np.ndarray:
+    """Downscale by an integer stride so the longer side is at most max_side."""
+    stride = max(1, math.ceil(max(image.shape[:2]) / max_side))
+    return np.ascontiguousarray(image[::stride, ::stride])
+
+
+def log_metrics_table(loggers: list, report: MetricsReport, thumbnails: dict[str, np.ndarray],
+                      key: str = "test/frames") -> int:
+    """A W&B table (frame, thumbnail, one column per metric) on every W&B logger."""
+    import wandb
+
+    names = sorted({k for row in report.frames for k in row if k != "frame"})
+    columns = ["frame", "thumbnail", *names]
+    count = 0
+    for logger in loggers:
+        if not hasattr(logger, "log_table"):
+            continue
+        data = []
+        for row in report.frames:
+            thumb = thumbnails.get(row["frame"])
+            data.append([row["frame"], wandb.Image(thumb) if thumb is not None else None,
+                         *[row.get(n, math.nan) for n in names]])
+        logger.log_table(key=key, columns=columns, data=data)
+        count += 1
+    return count
+
+
+def frame_record(outputs, batch, batch_idx: int, pl_module=None) -> tuple:  # noqa: ANN001
+    """(frame name, metrics, thumbnail or None) from a test_step output (see module docstring)."""
+    if not isinstance(outputs, dict):
+        raise ValueError("TestMetricsWriter: test_step must return a dict of metrics, got "
+                         f"{type(outputs).__name__}")
+    if "metrics" in outputs:
+        metrics, thumbnail = outputs["metrics"], outputs.get("thumbnail")
+    else:
+        metrics = {k: v for k, v in outputs.items() if isinstance(v, (int, float))
+                   or (isinstance(v, torch.Tensor) and v.numel() == 1)}
+        if not metrics:
+            raise ValueError(f"TestMetricsWriter: no metric values in test_step's output "
+                             f"(keys {sorted(outputs)})")
+        thumbnail = None
+        visuals = getattr(pl_module, "last_eval_visuals", None) or {}
+        if "target" in visuals and "render" in visuals:
+            thumbnail = torch.cat([visuals["target"], visuals["render"]], dim=1).clamp(0, 1)
+    if "frame" in outputs:
+        frame = str(outputs["frame"])
+    elif isinstance(batch, dict) and "split" in batch and "index" in batch:
+        frame = f"{batch['split'][0]}/{int(batch['index'][0])}"
+    else:
+        frame = f"test/{batch_idx}"
+    return frame, {k: float(v) for k, v in metrics.items()}, thumbnail
+
+
+class TestMetricsWriter(Callback):
+    """Collect per-frame test metrics, write `path` (default RUN/metrics.json with RUN =
+    trainer.default_root_dir), log the means as "test/<metric>" and the per-frame W&B table."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, path: str | None = None, protocol: EvalProtocol | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.protocol = protocol
+        self.report: MetricsReport | None = None
+        self.thumbnails: dict[str, np.ndarray] = {}
+        self.written: Path | None = None
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        protocol = self.protocol or getattr(pl_module, "eval_protocol", None)
+        if not isinstance(protocol, EvalProtocol):
+            raise ValueError("TestMetricsWriter: no protocol; pass one or set "
+                             "pl_module.eval_protocol to an EvalProtocol")
+        self.report = MetricsReport(protocol)
+        self.thumbnails = {}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,  # noqa: ANN001
+                          dataloader_idx: int = 0) -> None:
+        frame, metrics, thumbnail = frame_record(outputs, batch, batch_idx, pl_module)
+        self.report.add(frame, metrics)
+        if thumbnail is not None:
+            self.thumbnails[frame] = shrink(as_uint8(thumbnail))
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if self.report is None or not trainer.is_global_zero:
+            return
+        path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "metrics.json"
+        ckpt = getattr(trainer, "ckpt_path", None)
+        self.written = self.report.write(path, extra={"ckpt_path": str(ckpt) if ckpt else None})
+        means = {f"test/{k}": v for k, v in self.report.mean().items() if math.isfinite(v)}
+        for logger in trainer.loggers:
+            logger.log_metrics(means, step=int(trainer.global_step))
+        log_metrics_table(trainer.loggers, self.report, self.thumbnails)

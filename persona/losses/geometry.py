@@ -1,0 +1,121 @@
+"""Geometry losses (METHOD.md section 5): mask, scale/shift-invariant log depth, normals and
+part-segmentation palette colours.
+
+Encodings (the data contract of docs/INTERFACES.md):
+- alpha / mask: floats in [0, 1], any matching shape ([B, H, W, 1] in batches).
+- depth: camera z in metres (any positive scale), 0 = invalid; [B, H, W, 1] or [H, W, 1].
+- normals: unit vectors in the camera frame (OpenCV axes), channel-last [..., 3]; an all-zero
+  vector marks an invalid pixel. A rendered normal map composited on black follows the same
+  encoding (background = 0).
+- seg: palette RGB colours in [0, 1], channel-last [..., 3].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Added to both min-max normalised depths before the log, so the nearest pixel (normalised 0)
+# stays finite. METHOD.md gives no value; 0.01 keeps near pixels from dominating.
+SILOG_LOG_EPS = 1e-2
+# SILog needs at least this many pixels valid in both depths; fewer gives a loss of 0.
+SILOG_MIN_VALID_PIXELS = 16
+# Lambda of sqrt(mean d^2 - lambda (mean d)^2) (METHOD.md section 5).
+SILOG_VARIANCE_FOCUS = 0.5
+# Floor under the SILog square root so its gradient stays finite at a perfect match.
+SQRT_FLOOR = 1e-12
+
+
+def _zero_like_graph(*tensors: Tensor) -> Tensor:
+    """A scalar 0 connected to the inputs' graphs (gradient 0, not None)."""
+    return sum(t.sum() * 0.0 for t in tensors)  # type: ignore[return-value]
+
+
+def mask_loss(alpha: Tensor, mask: Tensor) -> Tensor:
+    """Mean |alpha - mask| over all pixels (same shapes)."""
+    if alpha.shape != mask.shape:
+        raise ValueError(f"mask_loss: alpha {list(alpha.shape)} and mask {list(mask.shape)} "
+                         f"differ")
+    return (alpha - mask.to(alpha.dtype)).abs().mean()
+
+
+def _min_max(values: Tensor) -> Tensor | None:
+    low, high = values.min(), values.max()
+    span = high - low
+    if float(span.detach()) <= 0.0:
+        return None
+    return (values - low) / span
+
+
+def _silog_single(pred: Tensor, target: Tensor, log_eps: float, min_valid_pixels: int) -> Tensor:
+    valid = (pred.detach() > 0) & (target > 0)
+    if int(valid.sum()) < min_valid_pixels:
+        return _zero_like_graph(pred)
+    pred_norm = _min_max(pred[valid])
+    target_norm = _min_max(target[valid])
+    if pred_norm is None or target_norm is None:  # a constant depth carries no shape
+        return _zero_like_graph(pred)
+    d = torch.log(target_norm + log_eps) - torch.log(pred_norm + log_eps)
+    variance = (d * d).mean() - SILOG_VARIANCE_FOCUS * d.mean() ** 2
+    return variance.clamp(min=SQRT_FLOOR).sqrt()
+
+
+def silog_depth_loss(
+    pred_depth: Tensor,
+    target_depth: Tensor,
+    log_eps: float = SILOG_LOG_EPS,  # offset added to the normalised depths before the log
+    min_valid_pixels: int = SILOG_MIN_VALID_PIXELS,  # fewer valid pixels: loss 0
+) -> Tensor:
+    """Scale- and shift-invariant log depth loss (METHOD.md section 5).
+
+    On the pixels where both depths are > 0, each depth is min-max normalised to [0, 1];
+    d = log(target + eps) - log(pred + eps); loss = sqrt(mean d^2 - 0.5 (mean d)^2). Any positive
+    affine change of either depth leaves it unchanged. With fewer than min_valid_pixels valid
+    pixels, or a constant depth on them, the loss is 0 (with a zero gradient). A 4-D input
+    [B, ...] is evaluated per sample and averaged.
+    """
+    if pred_depth.shape != target_depth.shape:
+        raise ValueError(f"silog_depth_loss: pred {list(pred_depth.shape)} and target "
+                         f"{list(target_depth.shape)} differ")
+    if pred_depth.ndim == 4:
+        losses = [_silog_single(p, t, log_eps, min_valid_pixels)
+                  for p, t in zip(pred_depth, target_depth, strict=True)]
+        return torch.stack(losses).mean()
+    return _silog_single(pred_depth, target_depth, log_eps, min_valid_pixels)
+
+
+def normal_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """|n - n*| (mean over xyz) + (1 - n . n*), averaged over pixels valid in both.
+
+    pred, target [..., 3] camera-frame unit normals (0 = invalid); valid [...] bool (e.g. the
+    rendered alpha above a threshold) further restricts the pixels. No valid pixel: 0.
+    """
+    if pred.shape != target.shape or pred.shape[-1] != 3:
+        raise ValueError(f"normal_loss: pred {list(pred.shape)} and target "
+                         f"{list(target.shape)} must both be [..., 3]")
+    both = (target.abs().sum(-1) > 0) & (pred.detach().abs().sum(-1) > 0)
+    if valid is not None:
+        if valid.shape != both.shape:
+            raise ValueError(f"normal_loss: valid {list(valid.shape)} must be "
+                             f"{list(both.shape)}")
+        both = both & valid.bool()
+    if not bool(both.any()):
+        return _zero_like_graph(pred)
+    n, n_star = pred[both], target[both]  # [P, 3]
+    per_pixel = (n - n_star).abs().mean(-1) + (1.0 - (n * n_star).sum(-1))
+    return per_pixel.mean()
+
+
+def seg_loss(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor) -> Tensor:
+    """L1 between palette colours [..., 3], averaged over foreground [...] pixels and channels.
+    No foreground pixel: 0."""
+    if pred_palette.shape != target_palette.shape:
+        raise ValueError(f"seg_loss: pred {list(pred_palette.shape)} and target "
+                         f"{list(target_palette.shape)} differ")
+    foreground = foreground.bool()
+    if foreground.shape != pred_palette.shape[:-1]:
+        raise ValueError(f"seg_loss: foreground {list(foreground.shape)} must be "
+                         f"{list(pred_palette.shape[:-1])}")
+    if not bool(foreground.any()):
+        return _zero_like_graph(pred_palette)
+    return (pred_palette[foreground] - target_palette[foreground]).abs().mean()

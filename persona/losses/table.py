@@ -1,0 +1,108 @@
+"""The loss weight table (METHOD.md sections 5 and 6) and the weight of every named term for a
+sample of either split (the input image or a generated frame).
+
+Term names (the system logs each as ``train/loss/<name>``; a term of weight 0 is skipped):
+- image_base / image_refined: image loss map of the base / refined render (input image: times
+  the seam weight map, seam_weight on seams).
+- albedo_base: the image loss map of the base render against the albedo image (input only).
+- mask_base / mask_refined: |alpha - mask|.
+- depth_* / normal_* / seg_*: geometry terms of base and refined renders (x geometry w).
+- rgb_aux_refined: image loss of the rgb_aux render, geometry detached (generated only).
+- seam_distill: rgb x seams vs rgb_aux render (detached) x seams, geometry detached (input only).
+- hand_mask (generated only) / eye_mask: Gaussian masks vs SMPL-X mesh silhouettes.
+- lap_mean_base / lap_mean / lap_mean_posed: Laplacians on canonical base means, canonical
+  refined means and posed refined means; lap_scale / lap_scale_original: log-scale on the
+  subdivided and the original topology; lap_rgb: colours.
+- hand_rgb_tv, hand_rgb_aux, mouth_rgb: the colour regularisers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LossWeights:
+    """Every loss weight; defaults are the authors' code (METHOD.md sections 5 and 6)."""
+
+    # Image loss map parts.
+    l1: float = 0.8  # L1 part of the image loss map
+    ssim: float = 0.2  # (1 - SSIM) part of the image loss map
+    lpips: float = 1.0  # LPIPS-VGG part (turn down on CPU: it dominates the step time)
+    seam_weight: float = 0.1  # multiplier of seam pixels in input-image losses
+    # Image terms.
+    image_base: float = 1.0  # base render vs image, both splits
+    image_refined: float = 0.1  # refined render vs image, both splits (geometry-weighted)
+    albedo_base: float = 1.0  # base render vs albedo, input image only
+    rgb_aux_refined: float = 1.0  # rgb_aux render vs image, generated frames only
+    seam_distill: float = 1.0  # rgb vs rgb_aux inside seams, input image only
+    # Geometry terms: mask always 1; depth/normal/seg scaled by the split's geometry weight.
+    mask: float = 1.0  # |alpha - mask|, base and refined, both splits
+    geometry_input: float = 0.1  # geometry weight w on the input image
+    geometry_generated: float = 1.0  # geometry weight w on generated frames
+    depth: float = 0.01  # SILog depth factor inside w * (depth + normal + seg)
+    normal: float = 1.0  # normal factor inside w * (...)
+    seg: float = 1.0  # part-seg palette factor inside w * (...)
+    # Silhouettes of the SMPL-X mesh.
+    hand_mask: float = 50.0  # Gaussian hand mask vs SMPL-X hand silhouette, generated only
+    eye_mask: float = 1.0  # Gaussian eye mask vs SMPL-X eye silhouette, both splits
+    # Regularisers (per-vertex factors in persona.losses.regularizers).
+    lap_mean: float = 1e5  # Laplacian of canonical refined means x region factors
+    lap_mean_base_factor: float = 10.0  # the base-mean Laplacian is this x lap_mean
+    lap_mean_posed: float = 1e5  # Laplacian of posed refined means (hands/face/eyes excluded)
+    lap_scale: float = 1e6  # Laplacian of log-scales, subdivided topology
+    lap_scale_original: float = 1e6  # Laplacian of log-scales, original topology
+    # The scale Laplacian acts on activated scales (metres) by default: on log-scales, as
+    # METHOD.md reads, 1e6 x (L log s)^2 is ~1e4 x the image loss at the k-NN initialisation
+    # and freezes the scales (docs/MODEL_AND_LOSSES.md); 1 restores the log-space reading.
+    lap_scale_on_log: int = 0  # 1: Laplacian of log-scales; 0: of scales in metres
+    lap_rgb: float = 0.1  # Laplacian of colours
+    lap_face_eye_factor: float = 50.0  # mean-Laplacian factor on eyes and the expression face
+    lap_hand_boundary_factor: float = 10.0  # mean-Laplacian factor on hands and face boundary
+    hand_rgb_tv: float = 100.0  # total variation of hand colours on the mesh
+    hand_rgb_aux: float = 1.0  # hand rgb toward rgb_aux (detached)
+    mouth_rgb: float = 1.0  # mouth-interior colour toward the mean of its ring
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"LossWeights.{name}: expected a number >= 0, got {value!r}")
+
+
+IMAGE_PARTS = ("l1", "ssim", "lpips")
+GEOMETRY_TERMS = ("depth", "normal", "seg")
+VARIANTS = ("base", "refined")
+
+
+def term_weights(weights: LossWeights, is_input: bool) -> dict[str, float]:
+    """The weight of every named term for one sample: the input image (is_input) or a generated
+    frame (METHOD.md section 5's table). Terms that do not apply to the split weigh 0."""
+    geometry = weights.geometry_input if is_input else weights.geometry_generated
+    table: dict[str, float] = {
+        "image_base": weights.image_base,
+        "image_refined": weights.image_refined,
+        "albedo_base": weights.albedo_base if is_input else 0.0,
+        "rgb_aux_refined": 0.0 if is_input else weights.rgb_aux_refined,
+        "seam_distill": weights.seam_distill if is_input else 0.0,
+        "hand_mask": 0.0 if is_input else weights.hand_mask,
+        "eye_mask": weights.eye_mask,
+        "lap_mean": weights.lap_mean,
+        "lap_mean_base": weights.lap_mean * weights.lap_mean_base_factor,
+        "lap_mean_posed": weights.lap_mean_posed,
+        "lap_scale": weights.lap_scale,
+        "lap_scale_original": weights.lap_scale_original,
+        "lap_rgb": weights.lap_rgb,
+        "hand_rgb_tv": weights.hand_rgb_tv,
+        "hand_rgb_aux": weights.hand_rgb_aux,
+        "mouth_rgb": weights.mouth_rgb,
+    }
+    for variant in VARIANTS:
+        table[f"mask_{variant}"] = weights.mask
+        for term in GEOMETRY_TERMS:
+            table[f"{term}_{variant}"] = geometry * getattr(weights, term)
+    return {name: float(value) for name, value in table.items()}
+
+
+def pixel_seam_weight(weights: LossWeights, is_input: bool) -> float:
+    """Weight of seam pixels in the image/albedo loss maps of this split (1 = no down-weight)."""
+    return weights.seam_weight if is_input else 1.0

@@ -1,0 +1,1 @@
+"""Image, perceptual and geometry metrics, evaluation protocols and offline LPIPS weights."""

@@ -1,0 +1,124 @@
+"""Triangle-mesh operators: edges, neighbours, the uniform Laplacian, vertex normals, rings.
+
+Meshes are ``faces [F, 3] long`` indexing ``num_vertices`` vertices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Guards the normalisation of vertex normals of isolated or degenerate vertices.
+NORMAL_EPS = 1e-12
+
+
+def _check_faces(faces: Tensor, num_vertices: int) -> None:
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
+    if faces.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"faces: expected an integer tensor, got {faces.dtype}")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_vertices):
+        raise ValueError(f"faces: indices must lie in [0, {num_vertices}), got "
+                         f"[{int(faces.min())}, {int(faces.max())}]")
+
+
+def mesh_edges(faces: Tensor, num_vertices: int) -> Tensor:
+    """Unique undirected edges of a triangle mesh, sorted, each (i < j). Returns [E, 2] long."""
+    _check_faces(faces, num_vertices)
+    faces = faces.long()
+    pairs = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # [3F, 2]
+    pairs = torch.sort(pairs, dim=1).values
+    keys = torch.unique(pairs[:, 0] * num_vertices + pairs[:, 1])  # sorted
+    return torch.stack([keys // num_vertices, keys % num_vertices], dim=1)
+
+
+def vertex_neighbours(faces: Tensor, num_vertices: int,
+                      max_neighbours: int = 10) -> tuple[Tensor, Tensor]:
+    """One-ring neighbours of every vertex, at most max_neighbours each (the lowest indices).
+
+    Returns (index [V, K] long, valid [V, K] bool) with K = max_neighbours; padded slots hold the
+    vertex itself and valid False.
+    """
+    if max_neighbours < 1:
+        raise ValueError(f"max_neighbours: expected >= 1, got {max_neighbours}")
+    edges = mesh_edges(faces, num_vertices)  # [E, 2]
+    directed = torch.cat([edges, edges.flip(1)])  # [2E, 2]
+    order = torch.argsort(directed[:, 0] * num_vertices + directed[:, 1])
+    source, target = directed[order, 0], directed[order, 1]
+    counts = torch.bincount(source, minlength=num_vertices)  # [V]
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(source.shape[0], device=faces.device) - starts[source]
+    keep = rank < max_neighbours
+    index = torch.arange(num_vertices, device=faces.device)[:, None].repeat(1, max_neighbours)
+    valid = torch.zeros(num_vertices, max_neighbours, dtype=torch.bool, device=faces.device)
+    index[source[keep], rank[keep]] = target[keep]
+    valid[source[keep], rank[keep]] = True
+    return index, valid
+
+
+def uniform_laplacian(faces: Tensor, num_vertices: int, max_neighbours: int = 10,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """The uniform ("umbrella") Laplacian as a sparse [V, V] matrix: (L x)_i = x_i - mean_j x_j
+    over the (at most max_neighbours) one-ring neighbours j of i. Isolated vertices get a zero row.
+    """
+    index, valid = vertex_neighbours(faces, num_vertices, max_neighbours)
+    counts = valid.sum(1)  # [V]
+    rows = torch.arange(num_vertices, device=faces.device)
+    has_neighbours = counts > 0
+    weights = 1.0 / counts.clamp(min=1).to(dtype)  # [V]
+    neighbour_rows = rows[:, None].expand_as(index)[valid]
+    neighbour_cols = index[valid]
+    neighbour_vals = -weights[:, None].expand_as(index)[valid]
+    all_rows = torch.cat([rows[has_neighbours], neighbour_rows])
+    all_cols = torch.cat([rows[has_neighbours], neighbour_cols])
+    all_vals = torch.cat([torch.ones(int(has_neighbours.sum()), dtype=dtype, device=faces.device),
+                          neighbour_vals])
+    return torch.sparse_coo_tensor(torch.stack([all_rows, all_cols]), all_vals,
+                                   (num_vertices, num_vertices),
+                                   check_invariants=True).coalesce()
+
+
+def apply_laplacian(laplacian: Tensor, values: Tensor) -> Tensor:
+    """L @ values for values [V, C] or [B, V, C] (differentiable in values) -> same shape."""
+    if laplacian.dtype != values.dtype:
+        laplacian = laplacian.to(values.dtype)
+    if values.ndim == 2:
+        return torch.sparse.mm(laplacian, values)
+    if values.ndim == 3:
+        batch, num_vertices, channels = values.shape
+        flat = values.permute(1, 0, 2).reshape(num_vertices, batch * channels)
+        out = torch.sparse.mm(laplacian, flat)
+        return out.reshape(num_vertices, batch, channels).permute(1, 0, 2)
+    raise ValueError(f"apply_laplacian: expected values [V, C] or [B, V, C], "
+                     f"got {list(values.shape)}")
+
+
+def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
+    """Area-weighted unit vertex normals. vertices [..., V, 3] -> [..., V, 3].
+
+    Each face adds its unnormalised cross product (length = twice its area) to its three corners;
+    the sums are normalised. Orientation follows the faces' winding (counter-clockwise = outward).
+    """
+    if vertices.ndim < 2 or vertices.shape[-1] != 3:
+        raise ValueError(f"vertices: expected shape [..., V, 3], got {list(vertices.shape)}")
+    _check_faces(faces, vertices.shape[-2])
+    faces = faces.long()
+    v0 = vertices[..., faces[:, 0], :]
+    v1 = vertices[..., faces[:, 1], :]
+    v2 = vertices[..., faces[:, 2], :]
+    face_normals = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)  # [..., F, 3]
+    normals = torch.zeros_like(vertices)
+    for corner in range(3):
+        normals = normals.index_add(-2, faces[:, corner], face_normals)
+    return normals / normals.norm(dim=-1, keepdim=True).clamp(min=NORMAL_EPS)
+
+
+def region_ring(region: Tensor, faces: Tensor) -> Tensor:
+    """Vertices outside region [V] bool that share an edge with a vertex inside it -> [V] bool."""
+    num_vertices = region.shape[0]
+    edges = mesh_edges(faces, num_vertices)
+    inside = region.bool()
+    ring = torch.zeros_like(inside)
+    crossing = inside[edges[:, 0]] != inside[edges[:, 1]]
+    ring[edges[crossing].flatten()] = True
+    return ring & ~inside

@@ -1,0 +1,94 @@
+"""Mesh silhouettes (hand, eye and face masks of the SMPL-X mesh): no gradient.
+
+A pixel is 1 when its centre (u + 0.5, v + 0.5) lies inside or on the edge of at least one
+projected triangle, tested with the three edge functions in float64 (either winding counts, so
+back faces cover pixels too). Triangles with any vertex in front of the near plane (camera
+z < near) are skipped, not clipped: a silhouette mask of a body seen from >= 0.5 m never has
+such triangles, and skipping keeps the test exact. Zero-area projected triangles are skipped.
+
+Vectorised as (triangle, pixel) pairs inside each triangle's pixel bounding box, processed in
+chunks of triangles whose boxes hold at most ``max_pairs`` pixels together.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from persona.render.types import Camera
+
+DEFAULT_MAX_PAIRS = 4_000_000  # (triangle, pixel) pairs evaluated per chunk
+
+
+def project_vertices(vertices: Tensor, camera: Camera) -> tuple[Tensor, Tensor]:
+    """World vertices [V, 3] -> pixel coordinates [V, 2] and camera z [V] (float64)."""
+    v = vertices.detach().to(torch.float64)
+    cam = v @ camera.R.detach().to(torch.float64).T + camera.t.detach().to(torch.float64)
+    K = camera.K.detach().to(torch.float64)
+    z = cam[:, 2]
+    z_safe = torch.where(z.abs() > 0, z, torch.ones_like(z))
+    uv = torch.stack([K[0, 0] * cam[:, 0] / z_safe + K[0, 2],
+                      K[1, 1] * cam[:, 1] / z_safe + K[1, 2]], dim=-1)
+    return uv, z
+
+
+def edge_function(ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor, px: Tensor, py: Tensor
+                  ) -> Tensor:
+    """Twice the signed area of (a, b, p): > 0 when p is left of a->b (image axes)."""
+    return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+
+
+@torch.no_grad()
+def rasterize_silhouette(vertices: Tensor, faces: Tensor, camera: Camera,
+                         max_pairs: int = DEFAULT_MAX_PAIRS) -> Tensor:
+    """Binary mask [H, W] (float 0/1, vertices' device) of the mesh seen by ``camera``."""
+    if vertices.dim() != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"rasterize_silhouette: vertices must be [V, 3], got "
+                         f"{tuple(vertices.shape)}")
+    if faces.dim() != 2 or faces.shape[1] != 3:
+        raise ValueError(f"rasterize_silhouette: faces must be [F, 3], got {tuple(faces.shape)}")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= vertices.shape[0]):
+        raise ValueError("rasterize_silhouette: faces index outside [0, V)")
+    height, width, device = camera.height, camera.width, vertices.device
+    mask = torch.zeros(height * width, dtype=torch.bool, device=device)
+    uv, z = project_vertices(vertices, camera)
+    faces = faces.to(device=device, dtype=torch.int64)
+    tri_uv = uv[faces]  # [F, 3, 2]
+    (ax, ay), (bx, by), (cx, cy) = [tri_uv[:, i].unbind(-1) for i in range(3)]
+    area2 = edge_function(ax, ay, bx, by, cx, cy)  # [F]
+    in_front = (z[faces] >= camera.near).all(dim=1)
+    lo = tri_uv.amin(dim=1)  # [F, 2]
+    hi = tri_uv.amax(dim=1)
+    col0 = torch.ceil(lo[:, 0] - 0.5).clamp(min=0)
+    col1 = torch.floor(hi[:, 0] - 0.5).clamp(max=width - 1)
+    row0 = torch.ceil(lo[:, 1] - 0.5).clamp(min=0)
+    row1 = torch.floor(hi[:, 1] - 0.5).clamp(max=height - 1)
+    ncol = (col1 - col0 + 1).clamp(min=0)
+    nrow = (row1 - row0 + 1).clamp(min=0)
+    live = in_front & (area2 != 0) & (ncol > 0) & (nrow > 0)
+    tri = live.nonzero().squeeze(1)  # [F']
+    ncol, nrow = ncol[tri].to(torch.int64), nrow[tri].to(torch.int64)
+    col0, row0 = col0[tri].to(torch.int64), row0[tri].to(torch.int64)
+    counts = ncol * nrow  # [F']
+    ends = torch.cumsum(counts, 0)
+    start = 0
+    while start < tri.shape[0]:
+        base = int(ends[start - 1]) if start else 0
+        stop = int(torch.searchsorted(ends, base + max_pairs, right=True))
+        stop = max(stop, start + 1)
+        sl = slice(start, stop)
+        local = torch.repeat_interleave(torch.arange(stop - start, device=device), counts[sl])
+        first = torch.cumsum(counts[sl], 0) - counts[sl]
+        off = torch.arange(local.shape[0], device=device) - first[local]
+        nx = ncol[sl][local]
+        r = row0[sl][local] + off // nx
+        c = col0[sl][local] + off % nx
+        px, py = c.to(torch.float64) + 0.5, r.to(torch.float64) + 0.5
+        t = tri[sl][local]
+        e0 = edge_function(ax[t], ay[t], bx[t], by[t], px, py)
+        e1 = edge_function(bx[t], by[t], cx[t], cy[t], px, py)
+        e2 = edge_function(cx[t], cy[t], ax[t], ay[t], px, py)
+        inside = ((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))
+        mask[(r * width + c)[inside]] = True
+        start = stop
+    return mask.reshape(height, width).to(torch.float32)

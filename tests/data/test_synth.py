@@ -1,0 +1,198 @@
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from subject_faults import FAULTS
+
+from persona.body.types import PoseParams
+from persona.data import motions as M
+from persona.data import synth as S
+from persona.data.subject import (
+    FramePaths,
+    read_frame_indices,
+    read_image,
+    read_mask,
+    read_seg,
+    validate_subject,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory) -> tuple[Path, float]:
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    start = time.perf_counter()
+    S.synthesize(out, S.preset_config("tiny", preview=True))
+    return out, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def procedural_avatar():
+    from persona.body.loader import BodySpec, load_body
+
+    body = load_body(BodySpec(kind="procedural", flat_hand_mean=True))
+    config = S.preset_config("tiny")
+    identity = S.subject_identity(body, 0)
+    return body, S.build_avatar(body, identity, config), config
+
+
+def test_tiny_preset_is_fast_valid_and_recorded(tiny_synth):
+    root, seconds = tiny_synth
+    assert seconds < 20.0  # the preset's budget on a 2-core CPU (shared: timings are noisy)
+    assert validate_subject(root) == []
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["config"]["artifacts"] == 1.0 and meta["config"]["seed"] == 0
+    assert meta["config"]["faults"]["hand_swirl"] == S.FaultSettings().hand_swirl
+    assert meta["splits"] == {"generated_0": "punches", "generated_1": "kicks"}
+    assert (root / "contact_sheet.png").is_file()
+    assert read_frame_indices(root, "generated_0") == [0, 1, 2, 3]
+    assert not list(root.parent.glob(".*tmp*"))  # built in a temporary folder, then renamed
+
+
+def test_corrupted_synthetic_subject_is_fully_reported(tiny_synth, tmp_path: Path):
+    copy = tmp_path / "corrupted"
+    shutil.copytree(tiny_synth[0], copy)
+    expected = {fault(copy) for fault in FAULTS}
+    assert len({kind for _, _, kind in expected}) >= 10
+    assert {(p.file, p.field, p.kind) for p in validate_subject(copy)} == expected
+
+
+def _same_pose_both_ways(tmp_path: Path, artifacts: float, noise: bool) -> Path:
+    """A subject whose generated_0 and test split hold the same poses from the same camera."""
+    extra = {} if noise else {"depth_noise": 0.0, "normal_noise": 0.0}
+    config = S.preset_config("tiny", motions=("wave",), test_motion="wave", frames=3,
+                             test_frames=3, novel_views=(), artifacts=artifacts, **extra)
+    return S.synthesize(tmp_path / f"both-{artifacts}-{noise}", config).root
+
+
+def test_training_frames_equal_test_renders_without_faults(tmp_path: Path):
+    root = _same_pose_both_ways(tmp_path, artifacts=0.0, noise=False)
+    for i in range(3):
+        train, test = FramePaths("generated_0", i), FramePaths("test", i)
+        assert np.array_equal(read_image(root / train.image), read_image(root / test.image))
+        assert np.array_equal(read_mask(root / train.mask), read_mask(root / test.mask))
+        assert np.array_equal(read_seg(root / train.seg), read_seg(root / test.seg))
+        assert np.array_equal(np.load(root / train.depth), np.load(root / test.depth))
+        assert np.array_equal(np.load(root / train.normal), np.load(root / test.normal))
+        assert (root / train.smplx).read_text() == (root / test.smplx).read_text()
+        assert (root / train.camera).read_text() == (root / test.camera).read_text()
+
+
+def test_training_frames_differ_from_test_renders_only_by_faults(tmp_path: Path):
+    root = _same_pose_both_ways(tmp_path, artifacts=1.0, noise=True)
+    for i in range(3):
+        train, test = FramePaths("generated_0", i), FramePaths("test", i)
+        # geometry stays reliable: same silhouette and parts, depth/normals within the noise
+        assert np.array_equal(read_mask(root / train.mask), read_mask(root / test.mask))
+        assert np.array_equal(read_seg(root / train.seg), read_seg(root / test.seg))
+        depth_error = np.abs(np.load(root / train.depth) - np.load(root / test.depth))
+        assert depth_error.max() < 6 * S.SynthConfig().depth_noise
+        # the image shows the faults and the written pose carries small errors
+        difference = np.abs(read_image(root / train.image) - read_image(root / test.image))
+        foreground = read_mask(root / test.mask) > 0
+        assert difference[foreground].mean() > 0.01
+        written = json.loads((root / train.smplx).read_text())
+        true = json.loads((root / test.smplx).read_text())
+        error = np.abs(np.array(written["body_pose"]) - np.array(true["body_pose"]))
+        assert 0 < error.mean() < 4 * S.FaultSettings().pose_noise_body
+
+
+def test_drift_grows_with_distance_from_the_input_pose():
+    faults = S.FaultSettings()
+    casual = torch.from_numpy(M.casual_pose())
+    assert S.drift_for(casual, casual, 1.0, faults, 1.0).hue == pytest.approx(0.0, abs=1e-6)
+    kick = torch.from_numpy(M.make_kicks().poses[22])
+    guard = torch.from_numpy(M.make_kicks().poses[0])
+    near, far = (S.drift_for(p, casual, 1.0, faults, 1.0) for p in (guard, kick))
+    assert 0 < near.hue < far.hue <= faults.drift_hue
+    assert S.drift_for(kick, casual, 0.5, faults, 1.0).hue == pytest.approx(far.hue / 2)
+
+
+def _pose(full_pose: np.ndarray) -> PoseParams:
+    return PoseParams(torch.from_numpy(full_pose)[None].float(), torch.zeros(1, 10),
+                      torch.zeros(1, 3))
+
+
+def test_garment_deformation_is_the_known_function_of_the_pose(procedural_avatar):
+    body, avatar, config = procedural_avatar
+    zero = np.zeros((55, 3), np.float32)
+    kick = M.make_kicks().poses[22]  # right thigh raised
+    offsets_zero = S.garment_offsets(body, avatar, _pose(zero), config.garment)[0]
+    offsets_kick = S.garment_offsets(body, avatar, _pose(kick), config.garment)[0]
+    garment = (avatar.hem_weight > 0) | (avatar.sleeve_weight > 0)
+    assert garment.any() and (~garment).any()
+    assert offsets_kick[~garment].abs().max() == 0  # only garment Gaussians move
+    hem = avatar.hem_weight > 0.5
+    right = avatar.rest[:, 0] < -0.05
+    # zero pose: thighs hang straight, the hem does not move
+    assert offsets_zero[hem & ~(avatar.sleeve_weight > 0)].abs().max() < 1e-6
+    # the kick swings the right hem forward (+z): amplitude x weight x horizontal thigh swing
+    assert offsets_kick[hem & right, 2].mean() > 0.03
+    # sleeves sag (-y) when the arm is horizontal (zero pose), hardly when it hangs down
+    sleeve = avatar.sleeve_weight > 0.9
+    hanging = M.make_rotation().poses[0]
+    sag_horizontal = offsets_zero[sleeve, 1].mean()
+    sag_hanging = S.garment_offsets(body, avatar, _pose(hanging), config.garment)[0][sleeve]
+    assert sag_horizontal < -0.9 * config.garment.sleeve_amplitude
+    assert sag_hanging.norm(dim=-1).mean() < 0.5 * abs(sag_horizontal)
+    # the same pose gives the same offsets (a function, not noise)
+    torch.testing.assert_close(
+        S.garment_offsets(body, avatar, _pose(kick), config.garment)[0], offsets_kick)
+
+
+def test_identity_regions_exist_on_the_avatar(procedural_avatar):
+    _, avatar, _ = procedural_avatar
+    for region in ("hair", "eyes", "brows", "lips", "top", "logo", "trousers", "shoes",
+                   "sleeves"):
+        assert avatar.regions[region].any(), region
+    colours = S.albedo_colours(avatar)
+    drifted = S.albedo_colours(avatar, S.Drift(hue=0.5, pattern_phase=0.3, face=0.5))
+    changed = (colours - drifted).abs().sum(-1) > 1e-4
+    assert changed[avatar.regions["top"]].float().mean() > 0.9
+    assert not changed[avatar.regions["hair"]].any()
+
+
+def test_star_logo_shape():
+    points = torch.tensor([[0.0, 0.0], [0.0, 0.9], [0.9 * math.sin(math.pi / 5),
+                           0.9 * math.cos(math.pi / 5)], [0.3 * math.sin(math.pi / 5),
+                                                          0.3 * math.cos(math.pi / 5)]])
+    inside = S.star_inside(points[:, 0], points[:, 1], radius=1.0)
+    assert inside.tolist() == [True, True, False, True]
+
+
+def test_blur_and_swirl_preserve_flat_images():
+    flat = np.full((20, 30, 3), 0.4, np.float32)
+    np.testing.assert_allclose(S.gaussian_blur(flat, 1.5), flat, atol=1e-6)
+    np.testing.assert_allclose(S.swirl(flat, np.array([15.0, 10.0]), 8.0, 2.0), flat,
+                               atol=1e-6)
+    ramp = np.tile(np.linspace(0, 1, 30, dtype=np.float32)[None, :, None], (20, 1, 3))
+    swirled = S.swirl(ramp, np.array([15.0, 10.0]), 8.0, 2.0)
+    assert np.abs(swirled - ramp).max() > 0.05
+    assert np.array_equal(swirled[:, :5], ramp[:, :5])  # untouched outside the radius
+
+
+def test_cli_writes_a_valid_subject(tmp_path: Path, capsys):
+    from persona.data.synth_cli import main
+
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), "--frames", "2", "--resolution", "64x112",
+                 "--motions", "dance", "rotation", "--artifacts", "0.5", "--seed", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert validate_subject(out) == []
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["config"]["width"] == 64 and meta["config"]["artifacts"] == 0.5
+    with pytest.raises(FileExistsError):
+        main(["--out", str(out)])
+
+
+@pytest.mark.slow
+def test_demo_configuration_passes_the_validator(tmp_path: Path):
+    """The demo preset (open body, 288 x 512, four motions) with fewer frames per video."""
+    config = S.preset_config("demo", frames=2, test_frames=2, novel_views=(90.0,))
+    result = S.synthesize(tmp_path / "demo", config)
+    assert validate_subject(result.root) == []
+    assert result.num_gaussians > 10_000

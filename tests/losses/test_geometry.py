@@ -1,0 +1,95 @@
+"""Geometry losses: SILog invariances, normal and seg loss values."""
+
+import math
+
+import pytest
+import torch
+
+from persona.losses.geometry import mask_loss, normal_loss, seg_loss, silog_depth_loss
+
+
+def _depth_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    target = 2.0 + torch.rand(1, 16, 16, 1, generator=generator, dtype=torch.float64)
+    pred = target + 0.2 * torch.rand(1, 16, 16, 1, generator=generator, dtype=torch.float64)
+    target[0, :3] = 0.0  # invalid target rows
+    pred[0, :, :2] = 0.0  # background columns of the render
+    return pred, target
+
+
+def test_silog_zero_at_equality_positive_otherwise() -> None:
+    pred, target = _depth_pair()
+    both = (pred > 0) & (target > 0)
+    same = torch.where(both, target, pred)
+    assert float(silog_depth_loss(same, target)) < 1e-5
+    assert float(silog_depth_loss(pred, target)) > 1e-2
+
+
+def test_silog_invariant_to_scale_and_shift_of_either_depth() -> None:
+    pred, target = _depth_pair()
+    reference = silog_depth_loss(pred, target)
+    valid_target = target > 0
+    scaled_shifted = torch.where(valid_target, 3.7 * target + 0.9, target)
+    torch.testing.assert_close(silog_depth_loss(pred, scaled_shifted), reference)
+    valid_pred = pred > 0
+    torch.testing.assert_close(silog_depth_loss(torch.where(valid_pred, 0.01 * pred, pred),
+                                                target), reference)
+    # A shift that moves the minimum is removed by the min-max normalisation.
+    torch.testing.assert_close(silog_depth_loss(torch.where(valid_pred, pred + 5.0, pred),
+                                                target), reference)
+
+
+def test_silog_matches_formula_by_hand() -> None:
+    pred = torch.tensor([1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
+    target = torch.tensor([1.0, 3.0, 2.0, 5.0], dtype=torch.float64)
+    eps = 0.01
+    p = (pred - 1) / 4
+    t = (target - 1) / 4
+    d = torch.log(t + eps) - torch.log(p + eps)
+    expected = math.sqrt(float((d ** 2).mean() - 0.5 * d.mean() ** 2))
+    got = silog_depth_loss(pred, target, log_eps=eps, min_valid_pixels=2)
+    assert abs(float(got) - expected) < 1e-12
+
+
+def test_silog_too_few_pixels_or_constant_is_zero_with_gradient() -> None:
+    pred = torch.zeros(8, 8, 1, requires_grad=True)
+    target = torch.ones(8, 8, 1)
+    loss = silog_depth_loss(pred, target)  # no pixel valid in both
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) == 0.0
+    constant = torch.full((8, 8, 1), 2.0)
+    assert float(silog_depth_loss(constant, target * torch.rand(8, 8, 1))) == 0.0
+
+
+def test_silog_gradient_finite_at_equality() -> None:
+    pred, target = _depth_pair()
+    same = torch.where((pred > 0) & (target > 0), target, pred).requires_grad_(True)
+    silog_depth_loss(same, target).backward()
+    assert torch.isfinite(same.grad).all()
+
+
+def test_mask_loss() -> None:
+    alpha = torch.tensor([0.0, 0.5, 1.0, 1.0])
+    mask = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    assert float(mask_loss(alpha, mask)) == pytest.approx(1.5 / 4)
+
+
+def test_normal_loss_values_and_validity() -> None:
+    target = torch.tensor([[0.0, 0, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0]])
+    pred = torch.tensor([[0.0, 0, 1], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
+    # Pixel 0 identical (0), pixel 1 orthogonal (|d| mean 2/3 + 1), pixels 2 and 3 invalid.
+    assert float(normal_loss(pred, target)) == pytest.approx((0 + 2 / 3 + 1) / 2)
+    valid = torch.tensor([True, False, True, True])
+    assert float(normal_loss(pred, target, valid)) == pytest.approx(0.0)
+    opposite = normal_loss(-target[:2], target[:2])
+    assert float(opposite) == pytest.approx(2 / 3 * 1 + 2)
+
+
+def test_seg_loss_foreground_only() -> None:
+    pred = torch.zeros(2, 2, 3)
+    target = torch.ones(2, 2, 3)
+    foreground = torch.tensor([[True, False], [False, False]])
+    target[1, 1] = 5.0  # background difference is ignored
+    assert float(seg_loss(pred, target, foreground)) == pytest.approx(1.0)
+    assert float(seg_loss(pred, target, torch.zeros(2, 2, dtype=torch.bool))) == 0.0
