@@ -9,6 +9,7 @@ STAMP := $(VENV)/.persona-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test lint install clean-cache
 

@@ -9,7 +9,12 @@ that `persona --help` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# torch's OpenMP threads spin-wait by default; on a shared 2-core machine that made a render
+# 10x slower (docs/RENDERING.md). It must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -22,7 +27,6 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "animate": ("persona.export.cli", "animate_main", "render an avatar along a motion to mp4"),
     "doctor": ("persona.doctor", "main", "check the environment, weights and bodies"),
     "demo": ("persona.demo", "main", "the main job on the embedded default, end to end"),
-    "prep": ("data_prep.cli", "main", "preprocessing stages: a photo -> a training subject"),
 }
 
 

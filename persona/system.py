@@ -487,15 +487,17 @@ class PersonaSystem(LightningModule):
         rgb = state.rgb["base"]
         log_scale = self.avatar.log_scale  # [N, 1]
         scale_values = log_scale if lw.lap_scale_on_log else log_scale.exp()
+        relative = bool(lw.lap_mean_relative)
         candidates = {
             "lap_mean": lambda: reg.mean_laplacian_loss(
                 state.canonical_refined, t.canonical_vertices, t.laplacian, masks,
-                lw.lap_face_eye_factor, lw.lap_hand_boundary_factor),
+                lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative),
             "lap_mean_base": lambda: reg.mean_laplacian_loss(
                 state.canonical_base, t.canonical_vertices, t.laplacian, masks,
-                lw.lap_face_eye_factor, lw.lap_hand_boundary_factor),
+                lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative),
             "lap_mean_posed": lambda: reg.posed_laplacian_loss(
-                state.means["refined"], t.laplacian, masks),
+                state.means["refined"], t.laplacian, masks,
+                reference=state.means["base"].detach() if relative else None),
             "lap_scale": lambda: reg.laplacian_energy(scale_values, t.laplacian),
             "lap_scale_original": lambda: reg.laplacian_energy(
                 scale_values[: t.num_original_vertices], t.original_laplacian),

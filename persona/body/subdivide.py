@@ -16,8 +16,11 @@ def unique_edges(faces: Tensor) -> tuple[Tensor, Tensor]:
     """Edges [E, 2] (sorted endpoints, sorted rows) and, per face corner edge, its edge id
     [F, 3] for the edges (v0 v1), (v1 v2), (v2 v0)."""
     corner_edges = torch.stack([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=1)
-    corner_edges = corner_edges.sort(dim=-1).values  # [F, 3, 2]
-    edges, inverse = torch.unique(corner_edges.reshape(-1, 2), dim=0, return_inverse=True)
+    corner_edges = corner_edges.sort(dim=-1).values.reshape(-1, 2)  # [3F, 2]
+    stride = int(faces.max()) + 1 if faces.numel() else 1
+    keys = corner_edges[:, 0] * stride + corner_edges[:, 1]  # one int64 per edge: 1-D unique
+    unique_keys, inverse = torch.unique(keys, return_inverse=True)  # sorted = (min, max) order
+    edges = torch.stack([unique_keys // stride, unique_keys % stride], dim=-1)
     return edges, inverse.reshape(-1, 3)
 
 

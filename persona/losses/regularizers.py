@@ -124,19 +124,30 @@ def mean_laplacian_loss(
     region_masks: dict[str, Tensor],
     face_eye_factor: float = 50.0,  # factor on eyes and the expression face
     hand_boundary_factor: float = 10.0,  # factor on hands and the expression boundary
+    relative_everywhere: bool = False,  # (L x - L template)^2 on every vertex
 ) -> Tensor:
     """The canonical-means Laplacian of METHOD.md section 5 (without the global 1e5):
-    (L x)^2 x region factors, with (L x - L template)^2 on hands, eyes and face.
-    means [N, 3] or [B, N, 3]; template_vertices [N, 3]."""
+    (L x)^2 x region factors, with (L x - L template)^2 on hands, eyes and face; with
+    relative_everywhere, the template-relative form on every vertex (= (L offset)^2: it
+    smooths the offsets instead of flattening the body). means [N, 3] or [B, N, 3];
+    template_vertices [N, 3]."""
     reference = apply_laplacian(laplacian, template_vertices.to(means.dtype))  # [N, 3]
     factors = laplacian_region_factors(region_masks, face_eye_factor, hand_boundary_factor)
-    return laplacian_loss(means, laplacian, factors, reference,
-                          template_relative_mask(region_masks))
+    relative = (torch.ones_like(factors, dtype=torch.bool) if relative_everywhere
+                else template_relative_mask(region_masks))
+    return laplacian_loss(means, laplacian, factors, reference, relative)
 
 
 def posed_laplacian_loss(posed_means: Tensor, laplacian: Tensor,
-                         region_masks: dict[str, Tensor]) -> Tensor:
-    """(L x)^2 of posed refined means with hands, eyes and face excluded (weight 0).
-    posed_means [N, 3] or [B, N, 3]."""
+                         region_masks: dict[str, Tensor],
+                         reference: Tensor | None = None) -> Tensor:
+    """(L x)^2 of posed refined means with hands, eyes and face excluded (weight 0);
+    with reference [N, 3] (the posed base means), (L x - L reference)^2: the smoothness of
+    the pose-dependent offsets in posed space. posed_means [N, 3] or [B, N, 3]."""
     excluded = template_relative_mask(region_masks)
-    return laplacian_loss(posed_means, laplacian, (~excluded).to(posed_means.dtype))
+    weight = (~excluded).to(posed_means.dtype)
+    if reference is None:
+        return laplacian_loss(posed_means, laplacian, weight)
+    target = apply_laplacian(laplacian, reference.to(posed_means.dtype))  # [N, 3]
+    return laplacian_loss(posed_means, laplacian, weight, target,
+                          torch.ones_like(excluded))

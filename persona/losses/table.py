@@ -49,6 +49,9 @@ class LossWeights:
     # Regularisers (per-vertex factors in persona.losses.regularizers).
     lap_mean: float = 1e5  # Laplacian of canonical refined means x region factors
     lap_mean_base_factor: float = 10.0  # the base-mean Laplacian is this x lap_mean
+    # 1: (L x - L template)^2 on every vertex (smooths offsets); 0: METHOD.md's reading,
+    # (L x)^2 off hands/face/eyes, which also flattens and shrinks the body (docs/ABLATIONS.md).
+    lap_mean_relative: int = 1  # template-relative mean Laplacian everywhere
     lap_mean_posed: float = 1e5  # Laplacian of posed refined means (hands/face/eyes excluded)
     lap_scale: float = 1e6  # Laplacian of log-scales, subdivided topology
     lap_scale_original: float = 1e6  # Laplacian of log-scales, original topology

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from persona.render.compositing import (
     ALPHA_MIN,
@@ -72,7 +73,14 @@ class DenseRenderer:
         pixel_xy = torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=-1) + 0.5  # [H*W, 2]
         mean2d, conic, opacity, values = (proj.mean2d[idx], proj.conic[idx], proj.opacity[idx],
                                           table[idx])
-        parts = [composite_dense(mean2d, conic, opacity, values, layout.n_geometry,
-                                 pixel_xy[s:s + self.pixel_chunk], self.max_alpha)
-                 for s in range(0, pixel_xy.shape[0], self.pixel_chunk)]
+        # With autograd, each chunk is recomputed in the backward pass (checkpointing) so memory
+        # stays at one chunk's graph instead of all of them.
+        grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (mean2d, conic, opacity, values))
+        parts = []
+        for s in range(0, pixel_xy.shape[0], self.pixel_chunk):
+            args = (mean2d, conic, opacity, values, layout.n_geometry,
+                    pixel_xy[s:s + self.pixel_chunk], self.max_alpha)
+            parts.append(checkpoint(composite_dense, *args, use_reentrant=False) if grad
+                         else composite_dense(*args))
         return split_channels(torch.cat(parts, dim=0), layout, camera.height, camera.width)

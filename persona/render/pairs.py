@@ -8,12 +8,14 @@ Steps (all vectorised; the only Python loop is over row bands that bound memory)
 2. ``_PairsRaster.forward``: expand spans to pairs, evaluate ``alpha`` exactly as every backend
    does, drop pairs that fail the exact test, stable-sort by pixel (the list is in depth order,
    so each pixel's pairs stay front to back), segmented transmittance scan (float64 cumsum of
-   ``log(1 - alpha)`` minus the segment base), drop terminated pairs, composite every channel with
-   one ``index_add``.
-3. ``_PairsRaster.backward``: the analytic gradient of front-to-back compositing
-   ``dL/da_p = T_p g_p - S_p / (1 - a_p)`` with ``S_p`` the segmented suffix sum of ``w_q g_q``
-   (float64), only over the geometry-gradient columns; per-pair moments are summed per Gaussian
-   and turned into gradients of the mean, conic and opacity there.
+   ``log(1 - alpha)`` minus the segment base), drop terminated pairs, composite every channel at
+   once as the sparse product ``W [HW x M] @ V [M x C]`` (no ``[pairs, C]`` tensor is built).
+3. ``_PairsRaster.backward``: ``dL/dV = W^T G``; ``g_p = dL/dw_p`` by a sampled dense-dense
+   product over the geometry-gradient columns only; the analytic gradient of front-to-back
+   compositing ``dL/da_p = T_p g_p - S_p / (1 - a_p)`` with ``S_p`` the segmented suffix sum of
+   ``w_q g_q`` (float64); per-Gaussian sums of ``dL/dpower`` x (1, u, v, u^2, uv, v^2) by one more
+   sparse product, expanded about each mean into gradients of the mean, conic and opacity.
+Where sparse CSR is unsupported (not CPU/CUDA) the products fall back to gather + index_add.
 """
 
 from __future__ import annotations
@@ -114,6 +116,24 @@ def _csr(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
 
 
+def _spmm(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, dense: Tensor,
+          sparse: bool) -> Tensor:
+    """out[r] = sum over entries (r, c, v) of v * dense[c] -> [n_rows, D]; entries row-sorted.
+    ``sparse``: a CSR product (CPU, CUDA); else gather + index_add (any device, slower)."""
+    if sparse:
+        return _csr(rows, cols, vals, (n_rows, dense.shape[0])) @ dense
+    out = dense.new_zeros(n_rows, dense.shape[1])
+    return out.index_add_(0, rows.to(torch.int64), take(dense, cols) * vals[:, None])
+
+
+def _row_dots(rows: Tensor, cols: Tensor, a: Tensor, b: Tensor, sparse: bool) -> Tensor:
+    """<a[rows[p]], b[cols[p]]> for every entry p [P]; entries row-sorted."""
+    if sparse:
+        pattern = _csr(rows, cols, torch.zeros_like(rows, dtype=a.dtype), (a.shape[0], b.shape[0]))
+        return torch.sparse.sampled_addmm(pattern, a, b.t().contiguous(), beta=0.0).values()
+    return (take(a, rows.to(torch.int64)) * take(b, cols)).sum(1)
+
+
 def _pixel_moments_basis(n_pixels: int, width: int, row0: int, like: Tensor) -> Tensor:
     """[HW, 6] float64 table (1, u, v, u^2, u v, v^2) of the band's pixel centres."""
     idx = torch.arange(n_pixels, device=like.device)
@@ -129,7 +149,7 @@ class _PairsRaster(torch.autograd.Function):
     def forward(ctx, mean2d: Tensor, conic: Tensor, opacity: Tensor, values: Tensor,
                 span_gauss: Tensor, span_pix0: Tensor, span_ncol: Tensor, span_dy: Tensor,
                 span_dx0: Tensor, band: tuple[int, int, int], n_geometry: int,
-                max_alpha: float) -> Tensor:
+                max_alpha: float, sparse: bool) -> Tensor:
         device, dtype = values.device, values.dtype
         n_pixels = band[0]
         n_span = span_gauss.shape[0]
@@ -170,31 +190,28 @@ class _PairsRaster(torch.autograd.Function):
         alpha, span_of, pix = take(alpha, contrib), take(span_of, contrib), take(pix, contrib)
         gauss = take(span_gauss, span_of)  # [P'] int64
         weight = alpha * trans  # [P']
-        blend = _csr(pix, gauss, weight, (n_pixels, values.shape[0]))  # [HW, M]
-        image = blend @ values  # [HW, C]
-        ctx.save_for_backward(mean2d, conic, opacity, values, gauss, pix, alpha, trans, blend)
-        ctx.band, ctx.n_geometry, ctx.max_alpha = band, n_geometry, max_alpha
+        image = _spmm(pix, gauss, weight, n_pixels, values, sparse)  # [HW, C]
+        ctx.save_for_backward(mean2d, conic, opacity, values, gauss, pix, alpha, trans)
+        ctx.band, ctx.n_geometry, ctx.max_alpha, ctx.sparse = band, n_geometry, max_alpha, sparse
         return image
 
     @staticmethod
     def backward(ctx, grad_image: Tensor):  # noqa: D401 - autograd signature
-        mean2d, conic, opacity, values, gauss, pix, alpha, trans, blend = ctx.saved_tensors
-        ng = ctx.n_geometry
+        mean2d, conic, opacity, values, gauss, pix, alpha, trans = ctx.saved_tensors
+        ng, sparse = ctx.n_geometry, ctx.sparse
         n_pixels, width, row0 = ctx.band
         m = values.shape[0]
-        weight = blend.values()
+        weight = alpha * trans
         # Gaussian-major order of the pairs, for the transposed products.
         order = torch.sort(gauss.to(torch.int32), stable=True).indices
         gauss_t, pix_t = take(gauss, order), take(pix, order).to(torch.int64)
         grad_values = None
         if ctx.needs_input_grad[3]:
-            blend_t = _csr(gauss_t, pix_t, take(weight, order), (m, n_pixels))  # [M, HW]
-            grad_values = blend_t @ grad_image  # [M, C]
+            grad_values = _spmm(gauss_t, pix_t, take(weight, order), m, grad_image, sparse)
         grad_mean = grad_conic = grad_opacity = None
         if any(ctx.needs_input_grad[:3]):
             # dL/dw per pair = <grad_image[pixel, :ng], values[gauss, :ng]> (sampled matmul).
-            dw = torch.sparse.sampled_addmm(blend, grad_image[:, :ng].contiguous(),
-                                            values[:, :ng].t().contiguous(), beta=0.0).values()
+            dw = _row_dots(pix, gauss, grad_image[:, :ng].contiguous(), values[:, :ng], sparse)
             x = torch.cumsum((dw * weight).double(), 0)  # [P]
             counts = torch.bincount(pix, minlength=n_pixels)
             last_of_pixel = (torch.cumsum(counts, 0) - 1).clamp(min=0)  # [HW]
@@ -207,8 +224,8 @@ class _PairsRaster(torch.autograd.Function):
                                   d_alpha * alpha)  # alpha = o exp(power) unless clamped
             # Per-Gaussian sums of d_power x (1, u, v, u^2, uv, v^2) as one sparse product
             # (float64: the moments about the mean are recovered by expanding (u - mean)^k).
-            d_t = _csr(gauss_t, pix_t, take(d_power, order).double(), (m, n_pixels))
-            s = d_t @ _pixel_moments_basis(n_pixels, width, row0, values)  # [M, 6]
+            s = _spmm(gauss_t, pix_t, take(d_power, order).double(), m,
+                      _pixel_moments_basis(n_pixels, width, row0, values), sparse)  # [M, 6]
             mx, my = mean2d[:, 0].double(), mean2d[:, 1].double()
             s1, su, sv, suu, suv, svv = s.unbind(-1)
             s_x = su - mx * s1  # sum d_power dx
@@ -223,13 +240,16 @@ class _PairsRaster(torch.autograd.Function):
             grad_conic = torch.stack([-0.5 * s_xx, -s_xy, -0.5 * s_yy], dim=-1).to(dt)
             grad_opacity = (s1 / opacity.double()).to(dt)  # d alpha / d o = alpha / o
         return (grad_mean, grad_conic, grad_opacity, grad_values,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
 def rasterize_pairs(mean2d: Tensor, conic: Tensor, cov_diag: Tensor, opacity: Tensor,
                     values: Tensor, n_geometry: int, height: int, width: int,
-                    max_alpha: float, max_pairs: int) -> Tensor:
-    """Composite depth-sorted Gaussians ([M, ...] each) into an image [H*W, C]."""
+                    max_alpha: float, max_pairs: int, sparse: bool | None = None) -> Tensor:
+    """Composite depth-sorted Gaussians ([M, ...] each) into an image [H*W, C].
+    ``sparse``: use sparse CSR products (default: on CPU and CUDA, where torch supports them)."""
+    if sparse is None:
+        sparse = values.device.type in ("cpu", "cuda")
     with torch.no_grad():
         spans = build_row_spans(mean2d.detach(), conic.detach(), cov_diag.detach(),
                                 opacity.detach(), height, width)
@@ -240,5 +260,5 @@ def rasterize_pairs(mean2d: Tensor, conic: Tensor, cov_diag: Tensor, opacity: Te
         pix0 = ((band.row - row0) * width + band.col0).to(torch.int32)  # [R]
         images.append(_PairsRaster.apply(
             mean2d, conic, opacity, values, band.gauss, pix0, band.ncol, band.dy, band.dx0,
-            ((row1 - row0) * width, width, row0), n_geometry, max_alpha))
+            ((row1 - row0) * width, width, row0), n_geometry, max_alpha, sparse))
     return images[0] if len(images) == 1 else torch.cat(images, dim=0)

@@ -37,12 +37,14 @@ class TorchRenderer:
     """Differentiable renderer in pure PyTorch; see ``persona.render.types.Renderer``."""
 
     def __init__(self, eps2d: float = EPS2D, max_alpha: float = MAX_ALPHA,
-                 max_pairs: int = DEFAULT_MAX_PAIRS) -> None:
+                 max_pairs: int = DEFAULT_MAX_PAIRS, sparse: bool | None = None) -> None:
         """eps2d: screen-space filter variance (px^2); max_alpha: clamp on a pair's alpha;
-        max_pairs: enumerated (Gaussian, pixel) pairs per row band (memory bound)."""
+        max_pairs: enumerated (Gaussian, pixel) pairs per row band (memory bound);
+        sparse: composite with sparse CSR products (None: on CPU/CUDA) or gather + index_add."""
         self.eps2d = eps2d
         self.max_alpha = max_alpha
         self.max_pairs = max_pairs
+        self.sparse = sparse
 
     def render(self, gaussians: Gaussians, camera: Camera, channels: dict[str, ChannelGroup],
                settings: RenderSettings | None = None) -> dict[str, Tensor]:
@@ -55,5 +57,6 @@ class TorchRenderer:
         idx = visible_order(proj, camera.width, camera.height)  # [M]
         image = rasterize_pairs(proj.mean2d[idx], proj.conic[idx], proj.cov_diag[idx],
                                 proj.opacity[idx], table[idx], layout.n_geometry,
-                                camera.height, camera.width, self.max_alpha, max_pairs)
+                                camera.height, camera.width, self.max_alpha, max_pairs,
+                                self.sparse)
         return split_channels(image, layout, camera.height, camera.width)

@@ -4,8 +4,10 @@ Run on a GPU machine with ``TORCH_CUDA_ARCH_LIST=9.0 pytest -m gpu tests/render`
 compiles its kernels at first use, minutes). Tolerances:
 
 - low-opacity scenes (opacity <= 0.34, so alpha < 1/255 beyond 3 sigma and both backends use
-  the same pixel set; TorchRenderer with gsplat's max_alpha 0.999): images max abs 2e-4, gradients
-  max abs error <= 2e-3 x the largest entry of each gradient tensor (float32, atomics, __expf);
+  the same pixel set; TorchRenderer with gsplat's max_alpha 0.999): images mean abs <= 2e-5 and
+  max abs <= 5e-3 (float32 rounding, __expf; a pair whose alpha sits within rounding of 1/255 may
+  be kept by one backend only, moving its pixel by <= 1/255); gradients: mean abs error <= 1e-4
+  and max abs error <= 2e-2 of the largest entry of each gradient tensor;
 - full-opacity scenes (gsplat keeps alpha beyond 3 sigma at the rims): images mean abs <= 2e-3
   and max abs <= 0.06.
 """
@@ -17,9 +19,8 @@ import torch
 from render_helpers import leaves, make_camera, make_scene, weighted_loss
 
 from persona.render.torch_renderer import TorchRenderer
-from persona.render.types import Camera
+from persona.render.types import Camera, ChannelGroup, Gaussians
 
-pytestmark = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GSPLAT_MAX_ALPHA = 0.999  # gsplat 1.5.3's clamp on alpha
 LOW_OPACITY = 0.34  # below this, opacity * exp(-4.5) < 1/255: nothing is drawn beyond 3 sigma
@@ -45,6 +46,7 @@ def _scene_on(device: str, seed: int, low_opacity: bool):
     return gaussians, {k: v.to(device) for k, v in values.items()}
 
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gsplat_matches_torch_low_opacity(seed: int) -> None:
@@ -57,16 +59,18 @@ def test_gsplat_matches_torch_low_opacity(seed: int) -> None:
     out, grad = _run(GsplatRenderer(), g_gpu, v_gpu, _to(camera, "cuda"))
     assert set(out) == set(ref_out)
     for name in ref_out:
-        err = (out[name] - ref_out[name]).abs().max().item()
-        print(f"gsplat vs torch, low opacity, {name}: max abs {err:.2e}")
-        assert err <= 2e-4, name
+        diff = (out[name] - ref_out[name]).abs()
+        print(f"gsplat vs torch, low opacity, {name}: mean {diff.mean():.2e} max {diff.max():.2e}")
+        assert diff.mean() <= 2e-5 and diff.max() <= 5e-3, name
     for name, a, b in zip(["means", "scales", "opacities", "quats", "rgb", "aux"], grad,
                           ref_grad, strict=True):
-        rel = ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
-        print(f"gsplat vs torch, low opacity, grad {name}: max rel {rel:.2e}")
-        assert rel <= 2e-3, name
+        diff = (a - b).abs() / b.abs().max().clamp(min=1e-12)
+        print(f"gsplat vs torch, low opacity, grad {name}: relative mean {diff.mean():.2e} "
+              f"max {diff.max():.2e}")
+        assert diff.mean() <= 1e-4 and diff.max() <= 2e-2, name
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_gsplat_close_to_torch_full_opacity() -> None:
     from persona.render.gsplat_renderer import GsplatRenderer
@@ -80,3 +84,42 @@ def test_gsplat_close_to_torch_full_opacity() -> None:
         diff = (out[name] - ref_out[name]).abs()
         print(f"gsplat vs torch, full opacity, {name}: mean {diff.mean():.2e} max {diff.max():.2e}")
         assert diff.mean() <= 2e-3 and diff.max() <= 0.06, name
+
+
+def _fake_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                        **kwargs):
+    """gsplat.rasterization's signature on the CPU, drawn by TorchRenderer (one geometry group):
+    checks the wrapper's arguments, camera packing, passes and detaching without CUDA."""
+    assert kwargs["rasterize_mode"] == "antialiased" and kwargs["eps2d"] == 0.1
+    assert kwargs["sh_degree"] is None and kwargs["render_mode"] == "RGB"
+    assert kwargs["near_plane"] == 0.01 and kwargs["far_plane"] == 100.0
+    assert viewmats.shape == (1, 4, 4) and Ks.shape == (1, 3, 3) and colors.dim() == 2
+    camera = Camera(Ks[0], viewmats[0, :3, :3], viewmats[0, :3, 3], width, height)
+    out = TorchRenderer(max_alpha=GSPLAT_MAX_ALPHA).render(
+        Gaussians(means, scales, opacities, quats), camera, {"c": ChannelGroup(colors)})
+    return out["c"][None], out["alpha"][None], {}
+
+
+def test_gsplat_wrapper_logic_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With gsplat's kernel replaced by a CPU stand-in, GsplatRenderer equals TorchRenderer in
+    images and in every gradient (so the two-pass geometry switch and depth are right)."""
+    gsplat = pytest.importorskip("gsplat")
+    from persona.render.gsplat_renderer import GsplatRenderer
+
+    monkeypatch.setattr(gsplat, "rasterization", _fake_rasterization)
+    gaussians, values = make_scene(120, 9)
+    camera = make_camera(40, 32)
+    angle = torch.tensor(0.2)
+    camera.R = torch.tensor([[torch.cos(angle), 0, torch.sin(angle)], [0, 1, 0],
+                             [-torch.sin(angle), 0, torch.cos(angle)]])
+    camera.t = torch.tensor([0.1, -0.05, 0.3])
+    ref_out, ref_grad = _run(TorchRenderer(max_alpha=GSPLAT_MAX_ALPHA), gaussians, values,
+                             camera)
+    out, grad = _run(GsplatRenderer(), gaussians, values, camera)
+    assert list(out) == ["rgb", "aux", "alpha", "depth"]
+    assert ref_out["alpha"].max() > 0.5
+    for name in ref_out:
+        torch.testing.assert_close(out[name], ref_out[name], atol=1e-5, rtol=0, msg=name)
+    for name, a, b in zip(["means", "scales", "opacities", "quats", "rgb", "aux"], grad,
+                          ref_grad, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4, msg=name)

@@ -57,6 +57,17 @@ def test_row_bands_equal_single_pass() -> None:
     assert_grads_close(grad_band, grad_one, 1e-5)
 
 
+def test_index_add_path_equals_sparse_path() -> None:
+    """The fallback for devices without sparse CSR support gives the same result."""
+    gaussians, values = make_scene(150, 10)
+    camera = make_camera(48, 40)
+    out_sp, grad_sp = render_and_grad(TorchRenderer(sparse=True), gaussians, values, camera)
+    out_ia, grad_ia = render_and_grad(TorchRenderer(sparse=False), gaussians, values, camera)
+    for name in out_sp:
+        torch.testing.assert_close(out_ia[name], out_sp[name], atol=1e-6, rtol=0)
+    assert_grads_close(grad_ia, grad_sp, 1e-5)
+
+
 def test_gradcheck_float64_tiny_scene() -> None:
     camera = make_camera(12, 10, torch.float64)
     means = torch.tensor([[0.05, 0.0, 2.0], [-0.1, 0.05, 2.2], [0.08, -0.06, 1.8]],

@@ -1,0 +1,127 @@
+"""PersonaSystem end to end on the tiny synthetic subject: steps, logging, resume, guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from persona.data.datamodule import PersonaDataModule
+from persona.data.synth import preset_config, synthesize
+from persona.losses.table import LossWeights
+from persona.system import DeformerConfig, PersonaSystem, SkinningConfig
+
+FAST_MODEL = dict(subdivision_levels=0, renderer="torch",
+                  skinning=SkinningConfig(grid_size=24),
+                  deformer=DeformerConfig(triplane_resolution=16),
+                  losses=LossWeights(lpips=0.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_subject(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("subject") / "tiny"
+    synthesize(root, preset_config("tiny", seed=1))
+    return root
+
+
+def _datamodule(subject: Path, epoch_length: int = 3) -> PersonaDataModule:
+    return PersonaDataModule(str(subject), epoch_length=epoch_length, seed=3)
+
+
+def _trainer(root: Path, max_epochs: int, callbacks: list | None = None) -> pl.Trainer:
+    return pl.Trainer(default_root_dir=str(root), max_epochs=max_epochs, accelerator="cpu",
+                      logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_val_batches=0,
+                      callbacks=[ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True,
+                                                 every_n_epochs=1), *(callbacks or [])])
+
+
+def _parameters(system: PersonaSystem) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in system.state_dict().items()}
+
+
+class StopAfterFirstEpoch(Callback):
+    """Simulates a killed run: stop once the first epoch's checkpoint is written."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        trainer.should_stop = True
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_subject: Path, tmp_path: Path):
+    pl.seed_everything(0)
+    straight = PersonaSystem(**FAST_MODEL)
+    _trainer(tmp_path / "a", max_epochs=2).fit(straight, _datamodule(tiny_subject))
+
+    pl.seed_everything(0)
+    first = PersonaSystem(**FAST_MODEL)
+    _trainer(tmp_path / "b", 2, [StopAfterFirstEpoch()]).fit(first, _datamodule(tiny_subject))
+    assert first.trainer.global_step == 3  # killed half way
+    pl.seed_everything(0)
+    resumed = PersonaSystem(**FAST_MODEL)
+    _trainer(tmp_path / "b", max_epochs=2).fit(resumed, _datamodule(tiny_subject),
+                                               ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt"))
+    assert resumed.trainer.global_step == straight.trainer.global_step == 6
+    a, b = _parameters(straight), _parameters(resumed)
+    assert a.keys() == b.keys()
+    moved = 0
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+        moved += int(not torch.equal(a[name], first.state_dict()[name]))
+    assert moved > 0  # the second epoch changed parameters after the kill point
+
+
+def test_training_step_logs_every_term_with_its_weight(tiny_subject: Path):
+    dm = _datamodule(tiny_subject)
+    system = PersonaSystem(**FAST_MODEL)
+    system.build_from_datamodule(dm)
+    logged: dict[str, float] = {}
+    system.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    dataset = dm.train_dataset()
+    from persona.data.datamodule import collate_frames
+
+    input_row = dm.input_rows[0]
+    loss = system.training_step(collate_frames([dataset[input_row]]), 0)
+    assert torch.isfinite(loss)
+    assert logged["train/weight/image_refined"] == pytest.approx(0.1)
+    assert logged["train/weight/depth_base"] == pytest.approx(0.1 * 0.01)  # input: w = 0.1
+    assert "train/loss/seam_distill" in logged and "train/loss/rgb_aux_refined" not in logged
+    generated_row = dm.generated_rows[0]
+    logged.clear()
+    system.training_step(collate_frames([dataset[generated_row]]), 1)
+    assert logged["train/weight/depth_base"] == pytest.approx(0.01)  # generated: w = 1
+    assert logged["train/weight/hand_mask"] == pytest.approx(50.0)
+    assert "train/loss/rgb_aux_refined" in logged and "train/loss/seam_distill" not in logged
+    total = sum(logged[f"train/loss/{n}"] * logged[f"train/weight/{n}"]
+                for n in {k.split("/")[-1] for k in logged if k.startswith("train/loss/")})
+    assert logged["train/loss"] == pytest.approx(total, rel=1e-4)
+
+
+def test_zero_weight_terms_are_not_computed(tiny_subject: Path):
+    dm = _datamodule(tiny_subject)
+    system = PersonaSystem(**{**FAST_MODEL, "losses": LossWeights(lpips=0.0, hand_mask=0.0,
+                                                                   normal=0.0)})
+    system.build_from_datamodule(dm)
+    logged: dict[str, float] = {}
+    system.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    from persona.data.datamodule import collate_frames
+
+    system.training_step(collate_frames([dm.train_dataset()[dm.generated_rows[0]]]), 0)
+    assert not any("hand_mask" in k or "normal" in k for k in logged)
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_a_clear_error(tiny_subject: Path):
+    dm = _datamodule(tiny_subject)
+    system = PersonaSystem(**{**FAST_MODEL, "max_nonfinite_steps": 1})
+    system.build_from_datamodule(dm)
+    system.log = lambda *a, **k: None
+    with torch.no_grad():
+        system.avatar.rgb.fill_(float("nan"))
+    from persona.data.datamodule import collate_frames
+
+    batch = collate_frames([dm.train_dataset()[0]])
+    assert system.training_step(batch, 0) is None  # skipped
+    with pytest.raises(RuntimeError, match="non-finite loss"):
+        system.training_step(batch, 1)
