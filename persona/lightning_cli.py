@@ -16,7 +16,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from persona.callbacks.loggers import make_loggers
-
 from persona.data.datamodule import PersonaDataModule
 from persona.system import PersonaSystem
 
@@ -63,7 +62,7 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
     if run:
         parser_kwargs = {sub: dict(parser_kwargs) for sub in ("fit", "validate", "test",
                                                               "predict")}
-    return PersonaCLI(
+    cli = PersonaCLI(
         PersonaSystem,
         PersonaDataModule,
         args=argv,
@@ -72,3 +71,16 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
     )
+    if run:
+        finish_wandb_runs(cli.trainer)
+    return cli
+
+
+def finish_wandb_runs(trainer: Trainer) -> None:
+    """Close the W&B runs a command opened, so that its offline run file is complete and the
+    next command in the same process (the demo runs several) starts a run of its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import yaml
 
-
 MODEL_CONFIG_KEYS = ("seed_everything", "trainer", "model", "data")
 
 

@@ -11,6 +11,7 @@ on disk); nothing in this module opens a file itself.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -115,6 +116,9 @@ class PersonaSystem(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):  # plain dicts: checkpoints stay loadable
+            if dataclasses.is_dataclass(value):  # with weights_only=True, W&B config nests
+                self.hparams[key] = dataclasses.asdict(value)
         self.subdivision_levels = subdivision_levels
         self.skinning_cfg = skinning
         self.deformer_cfg = deformer

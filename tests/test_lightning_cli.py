@@ -1,0 +1,95 @@
+"""The user-facing path on the tiny subject: `persona fit` (LightningCLI, offline W&B + CSV),
+`persona test` (metrics.json), `persona export` (PLY) and `--print_config`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from persona.callbacks.wandb_offline import find_run_files, history_column, read_history, wait_for_run
+from persona.cli import main
+from persona.data.synth import preset_config, synthesize
+from persona.export.cli import canonical_pose
+from persona.export.ply import read_gaussians_ply
+from persona.lightning_cli import BASE_CONFIG
+
+TINY = str(BASE_CONFIG.parent / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory) -> Path:
+    """One `persona fit` of 4 steps + validation on the tiny subject; returns RUN."""
+    root = tmp_path_factory.mktemp("cli")
+    subject = root / "subject"
+    synthesize(subject, preset_config("tiny", seed=2))
+    run = root / "run"
+    assert main(["fit", "--config", TINY, "--data.subject_dir", str(subject),
+                 "--trainer.default_root_dir", str(run), "--trainer.max_steps", "-1",
+                 "--data.epoch_length", "4", "--trainer.max_epochs", "1"]) == 0
+    return run
+
+
+def test_fit_writes_config_checkpoint_and_an_offline_wandb_run(fitted_run: Path):
+    assert (fitted_run / "config.yaml").is_file()
+    assert (fitted_run / "checkpoints" / "last.ckpt").is_file()
+    files = find_run_files(fitted_run / "wandb")
+    assert len(files) == 1
+    wait_for_run(files[0])
+    rows = read_history(files[0])
+    losses = history_column(rows, "train/loss/image_base")
+    weights = history_column(rows, "train/weight/image_base")
+    assert len(losses) == 4 and all(np.isfinite(v) for _, v in losses)
+    assert all(v == pytest.approx(1.0) for _, v in weights)
+    assert len(history_column(rows, "val/psnr")) == 1
+    assert history_column(rows, "val/mask_iou")[0][1] > 50.0  # the step-0 avatar fits the mask
+    media = [r for r in rows if "media/train_grid" in r or "media/val_grid" in r]
+    assert media, "no media grid in the W&B run"
+    assert list((fitted_run / "media").glob("*.png"))
+
+
+def test_test_command_writes_metrics_json_with_protocol_and_versions(fitted_run: Path):
+    assert main(["test", "--config", str(fitted_run / "config.yaml"), "--ckpt_path",
+                 str(fitted_run / "checkpoints" / "last.ckpt")]) == 0
+    report = json.loads((fitted_run / "metrics.json").read_text())
+    assert report["protocol"]["name"] == "authors"
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["num_frames"] == len(report["frames"]) == 5
+    for name in ("psnr", "ssim", "lpips", "mask_iou", "depth_l1_mm", "normal_deg"):
+        assert np.isfinite(report["mean"][name]), name
+    assert 10.0 < report["mean"]["psnr"] < 60.0
+
+
+def test_exported_ply_matches_the_avatar_gaussians(fitted_run: Path, tmp_path: Path):
+    from persona.runs import load_trained_system
+
+    ckpt = fitted_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "avatar.ply"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    system, _ = load_trained_system(ckpt)
+    with torch.no_grad():
+        gaussians, colours = system.posed_gaussians(canonical_pose(system.body.num_expression))
+    ply = read_gaussians_ply(out)
+    np.testing.assert_allclose(ply.means, gaussians.means.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.exp(ply.log_scales), gaussians.scales.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ply.rgb, colours["rgb"].numpy(), atol=1e-6)
+    from plyfile import PlyData
+
+    names = [p.name for p in PlyData.read(str(out))["vertex"].properties]
+    assert names[:9] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    assert names[-8:] == ["opacity", "scale_0", "scale_1", "scale_2",
+                          "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def test_print_config_layers_base_demo_and_an_ablation(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(BASE_CONFIG.parent / "demo.yaml"), "--config",
+              str(BASE_CONFIG.parent / "ablation" / "deformer_off.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "mode: 'off'" in out or "mode: off" in out
+    assert "subdivision_levels: 0" in out  # demo overrides base's 2
+    assert "input_ratio: 0.5" in out  # from base.yaml, always the first layer
