@@ -8,6 +8,7 @@ parser runs in omegaconf mode, so YAML may interpolate (`${trainer.default_root_
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,22 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
     if run:
         parser_kwargs = {sub: dict(parser_kwargs) for sub in ("fit", "validate", "test",
                                                               "predict")}
-    cli = PersonaCLI(
-        PersonaSystem,
-        PersonaDataModule,
-        args=argv,
-        run=run,
-        parser_kwargs=parser_kwargs,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-    )
+    program = sys.argv[:1]
+    if argv is not None:  # called in-process: LightningCLI must not also see sys.argv
+        sys.argv, saved = program, sys.argv
+    try:
+        cli = PersonaCLI(
+            PersonaSystem,
+            PersonaDataModule,
+            args=argv,
+            run=run,
+            parser_kwargs=parser_kwargs,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+        )
+    finally:
+        if argv is not None:
+            sys.argv = saved
     if run:
         finish_wandb_runs(cli.trainer)
     return cli

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ from persona.ops.mesh import mesh_edges, vertex_normals
 from persona.ops.rotations import axis_angle_to_rotation_6d
 from persona.render.types import Camera, ChannelGroup, Gaussians
 
+SMPLX_PATH_ENV = "PERSONA_SMPLX_PATH"  # fallback for model.body.model_path
 REGION_CHANNELS = ("hands", "eyes", "face")  # order of the "regions" render channel group
 VISIBILITY_TOLERANCE = 0.02  # m: a Gaussian within this of the rendered depth is visible
 VISIBLE_ALPHA = 0.5  # rendered alpha above which a pixel counts as covered (colour unwrapping)
@@ -64,6 +66,14 @@ class SkinningConfig:
     method: Literal["volume", "knn", "template"] = "volume"  # diffused volume | k-NN | fixed
     grid_size: int = 128  # skinning volume resolution per axis
     knn: int = 16  # neighbours for the paper's k-nearest-vertex variant
+
+
+@dataclass
+class BodyOverrides:
+    """Settings of the subject's body (its subject.json names the kind) a run may override."""
+
+    model_path: str | None = None  # SMPL-X folder (smplx/SMPLX_*.npz); else $PERSONA_SMPLX_PATH
+    gender: str | None = None  # neutral | male | female; None keeps the subject's
 
 
 @dataclass
@@ -109,7 +119,7 @@ class PersonaSystem(LightningModule):
         renderer: str = "auto",  # "torch" (CPU), "gsplat" (CUDA), "auto"
         lpips_net_train: Literal["vgg", "alex"] = "vgg",  # LPIPS backbone of the training loss
         eval_protocol: EvalProtocol = EvalProtocol(),  # how test frames are scored
-        body_model_path: str | None = None,  # SMPL-X folder for subjects on kind "smplx"
+        body: BodyOverrides = BodyOverrides(),  # model.body.model_path / model.body.gender
         cache_dir: str | None = None,  # bodies/skinning/LPIPS cache; None: $PERSONA_CACHE_DIR
         max_nonfinite_steps: int = 20,  # stop with a clear error after this many skipped steps
         neutral_colour: float = 0.5,  # colour of Gaussians no image sees at initialisation
@@ -142,8 +152,13 @@ class PersonaSystem(LightningModule):
 
         dm.setup("fit")
         spec = dm.body_spec
-        if self.hparams.body_model_path is not None:
-            spec.model_path = self.hparams.body_model_path
+        overrides = self.hparams.body
+        if overrides["model_path"] is not None:
+            spec.model_path = overrides["model_path"]
+        elif spec.kind == "smplx" and not spec.model_path:
+            spec.model_path = os.environ.get(SMPLX_PATH_ENV)
+        if overrides["gender"] is not None:
+            spec.gender = overrides["gender"]
         if self.hparams.cache_dir is not None:
             spec.cache_dir = self.hparams.cache_dir
         body = load_body(spec)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from persona.callbacks.wandb_offline import find_run_files, history_column, read_history, wait_for_run
+from persona.callbacks.wandb_offline import (
+    find_run_files,
+    history_column,
+    read_history,
+    wait_for_run,
+)
 from persona.cli import main
 from persona.data.synth import preset_config, synthesize
 from persona.export.cli import canonical_pose
