@@ -12,13 +12,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from persona.callbacks.loggers import make_loggers
 from persona.data.datamodule import PersonaDataModule
 from persona.system import PersonaSystem
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """Writes RUN/config.yaml (LightningCLI's behaviour) and pushes the same resolved config to
+    every logger, so W&B can group and filter runs by any key (model.deformer.mode, ...)."""
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": resolved})
 
 
 class PersonaCLI(LightningCLI):
@@ -63,6 +74,10 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
     if run:
         parser_kwargs = {sub: dict(parser_kwargs) for sub in ("fit", "validate", "test",
                                                               "predict")}
+    arguments = sys.argv[1:] if argv is None else argv
+    # Only `fit` writes RUN/config.yaml: test/validate/predict runs read it and must not
+    # overwrite it with their own subcommand options.
+    save_config = SaveAndLogConfig if run and arguments[:1] == ["fit"] else None
     program = sys.argv[:1]
     if argv is not None:  # called in-process: LightningCLI must not also see sys.argv
         sys.argv, saved = program, sys.argv
@@ -73,6 +88,7 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
             args=argv,
             run=run,
             parser_kwargs=parser_kwargs,
+            save_config_callback=save_config,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
         )

@@ -531,7 +531,8 @@ class PersonaSystem(LightningModule):
 
     def _visuals(self, batch: dict, renders: dict) -> dict[str, Tensor]:
         r = renders["refined"]
-        vis = {"target": batch["image"][0], "render": r["rgb"] + (1 - r["alpha"]),
+        image = batch["image"][0]  # the render over the target, as the image loss sees it
+        vis = {"target": image, "render": r["rgb"] + image * (1 - r["alpha"]),
                "alpha": r["alpha"], "depth": r["depth"], "normal": r["normal"], "seg": r["seg"]}
         if "seams" in renders["base"]:
             vis["seams"] = renders["base"]["seams"].to(r["alpha"].dtype).unsqueeze(-1)
@@ -567,7 +568,10 @@ class PersonaSystem(LightningModule):
                 self.log(f"{prefix}/{name}", value, batch_size=1, on_epoch=True, on_step=False)
         self.eval_records.append({"split": batch["split"][0], "index": int(batch["index"][0]),
                                   **metrics})
-        self.last_eval_visuals = {"target": batch["image"][0],
+        mask = batch["mask"][0]
+        background = out["rgb"].new_tensor(self.eval_protocol.background)
+        target_on_background = batch["image"][0] * mask + background * (1 - mask)  # for views
+        self.last_eval_visuals = {"target": target_on_background,
                                   "render": out["rgb_on_background"], "alpha": out["alpha"]}
         if prefix == "val":
             self.last_visuals = dict(self.last_eval_visuals)
@@ -584,6 +588,14 @@ class PersonaSystem(LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, float]:
         return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """Renders of the refined avatar in the batch's pose (`persona predict`): rgb on the
+        protocol background, alpha and depth, [H, W, C] each, with the frame's split/index."""
+        with torch.no_grad():
+            out = self.render_eval(batch)
+        return {"split": batch["split"][0], "index": int(batch["index"][0]),
+                "rgb": out["rgb_on_background"], "alpha": out["alpha"], "depth": out["depth"]}
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict:

@@ -51,6 +51,10 @@ def test_fit_writes_config_checkpoint_and_an_offline_wandb_run(fitted_run: Path)
     assert all(v == pytest.approx(1.0) for _, v in weights)
     assert len(history_column(rows, "val/psnr")) == 1
     assert history_column(rows, "val/mask_iou")[0][1] > 50.0  # the step-0 avatar fits the mask
+    from persona.callbacks.wandb_offline import read_config
+
+    config = read_config(files[0])
+    assert "config" in config and "model" in json.dumps(config["config"])  # resolved config
     media = [r for r in rows if "media/train_grid" in r or "media/val_grid" in r]
     assert media, "no media grid in the W&B run"
     assert list((fitted_run / "media").glob("*.png"))
@@ -98,3 +102,15 @@ def test_print_config_layers_base_demo_and_an_ablation(capsys):
     assert "mode: 'off'" in out or "mode: off" in out
     assert "subdivision_levels: 0" in out  # demo overrides base's 2
     assert "input_ratio: 0.5" in out  # from base.yaml, always the first layer
+
+
+def test_predict_renders_every_test_frame(fitted_run: Path):
+    from persona.lightning_cli import run_lightning_cli
+
+    cli = run_lightning_cli(["predict", "--config", str(fitted_run / "config.yaml"),
+                             "--ckpt_path", str(fitted_run / "checkpoints" / "last.ckpt")])
+    predictions = cli.trainer.predict_loop.predictions
+    assert len(predictions) == 5
+    first = predictions[0]
+    assert first["split"] == "test" and first["rgb"].shape[-1] == 3
+    assert float(first["rgb"].min()) >= 0.0 and float(first["alpha"].max()) > 0.9

@@ -239,6 +239,10 @@ class PersonaDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_frames, list(range(len(self.test_frames))))
 
+    def predict_dataloader(self) -> DataLoader:
+        """`persona predict` renders the test split's poses and cameras."""
+        return self.test_dataloader()
+
     def train_dataset(self) -> SubjectFrames:
         return SubjectFrames(self.subject_dir, self.train_frames, self.resolution_scale,
                              self.num_expression)
