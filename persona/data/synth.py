@@ -54,6 +54,7 @@ from persona.data.subject import (
     write_npy,
     write_png,
 )
+from persona.ops.mesh import vertex_normals
 from persona.render.types import Camera, ChannelGroup, Gaussians, RenderSettings
 
 _J = {name: i for i, name in enumerate(SMPLX_JOINT_NAMES)}
@@ -141,16 +142,6 @@ def preset_config(preset: str, **overrides: Any) -> SynthConfig:
 # ----------------------------------------------------------------------------------------------
 # Geometry helpers
 # ----------------------------------------------------------------------------------------------
-def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Area-weighted unit vertex normals. vertices [..., V, 3], faces [F, 3] -> [..., V, 3]."""
-    a, b, c = (vertices[..., faces[:, k], :] for k in range(3))  # [..., F, 3]
-    face_normals = torch.cross(b - a, c - a, dim=-1)  # [..., F, 3] (length = 2 x area)
-    normals = torch.zeros_like(vertices)
-    for k in range(3):
-        normals = normals.index_add(-2, faces[:, k], face_normals)
-    return F.normalize(normals, dim=-1, eps=1e-12)
-
-
 def mean_edge_length(vertices: Tensor, faces: Tensor) -> Tensor:
     """Mean length of the edges at each vertex. [V, 3], [F, 3] -> [V]."""
     total = torch.zeros(vertices.shape[0], dtype=vertices.dtype)
