@@ -539,9 +539,53 @@ class PersonaSystem(LightningModule):
         return {k: v.detach() for k, v in vis.items()}
 
     # ------------------------------------------------------------------ evaluation
-    def render_eval(self, batch: dict) -> dict[str, Tensor]:
-        """Render the refined avatar in the batch's pose, composited on the eval background."""
-        pose = PoseParams(batch["full_pose"], batch["expression"], batch["transl"])
+    def fit_test_pose(self, batch: dict) -> PoseParams:
+        """The authors' test-time protocol (METHOD.md section 9): with the avatar frozen, fit
+        the frame's SMPL-X (axis-angle pose, expression, translation) to its image and maps
+        for `eval_protocol.fit_steps` Adam steps (image L1, mask, depth, normal, weight 1)."""
+        steps = self.eval_protocol.fit_steps
+        with torch.inference_mode(False), torch.enable_grad():
+            frame = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in batch.items()}
+            variables = [frame["full_pose"].clone().requires_grad_(True),
+                         frame["expression"].clone().requires_grad_(True),
+                         frame["transl"].clone().requires_grad_(True)]
+            optimiser = torch.optim.Adam(variables, lr=self.optim_cfg.frame_other,
+                                         eps=self.optim_cfg.adam_eps)
+            frozen = [p for p in self.parameters() if p.requires_grad]
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+            try:
+                camera = _batch_camera(frame)
+                image, mask = frame["image"][0], frame["mask"][0]
+                for _ in range(steps):
+                    pose = PoseParams(*variables)
+                    gaussians, colours = self.posed_gaussians(pose, "refined")
+                    normals = vertex_normals(gaussians.means, self.template.faces) @ camera.R.T
+                    out = self.renderer.render(gaussians, camera,
+                                               {"rgb": ChannelGroup(colours["rgb"]),
+                                                "normal": ChannelGroup(normals)})
+                    composite = out["rgb"] + image * (1 - out["alpha"])
+                    valid = ((out["alpha"][..., 0] > VISIBLE_ALPHA)
+                             & (frame["normal"][0].norm(dim=-1) > 0.5))
+                    loss = ((composite - image).abs().mean()
+                            + geo_losses.mask_loss(out["alpha"], mask)
+                            + geo_losses.silog_depth_loss(out["depth"][..., 0],
+                                                          frame["depth"][0][..., 0])
+                            + geo_losses.normal_loss(F.normalize(out["normal"], dim=-1),
+                                                     frame["normal"][0], valid))
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+            finally:
+                for parameter in frozen:
+                    parameter.requires_grad_(True)
+        return PoseParams(*(v.detach() for v in variables))
+
+    def render_eval(self, batch: dict, pose: PoseParams | None = None) -> dict[str, Tensor]:
+        """Render the refined avatar in `pose` (default: the batch's), composited on the eval
+        background."""
+        if pose is None:
+            pose = PoseParams(batch["full_pose"], batch["expression"], batch["transl"])
         gaussians, colours = self.posed_gaussians(pose, "refined")
         camera = _batch_camera(batch)
         normals = vertex_normals(gaussians.means, self.template.faces) @ camera.R.T
@@ -554,8 +598,11 @@ class PersonaSystem(LightningModule):
     def _eval_step(self, batch: dict, prefix: str) -> dict[str, float]:
         from persona.metrics.protocol import evaluate_frame
 
+        pose = None
+        if self.eval_protocol.fit_test_pose and self.eval_protocol.fit_steps > 0:
+            pose = self.fit_test_pose(batch)
         with torch.no_grad():
-            out = self.render_eval(batch)
+            out = self.render_eval(batch, pose)
         alpha = out["alpha"].clamp(min=1e-6)
         metrics = evaluate_frame(
             out["rgb_on_background"], batch["image"][0], out["alpha"], batch["mask"][0],

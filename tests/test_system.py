@@ -125,3 +125,29 @@ def test_nonfinite_losses_skip_steps_then_stop_with_a_clear_error(tiny_subject: 
     assert system.training_step(batch, 0) is None  # skipped
     with pytest.raises(RuntimeError, match="non-finite loss"):
         system.training_step(batch, 1)
+
+
+def test_test_pose_fitting_realigns_a_perturbed_pose(tiny_subject: Path):
+    """Protocol `fit_test_pose`: with the avatar frozen, the frame's SMPL-X is fitted to its
+    maps; after an 8 cm sideways error the render's mask overlaps the ground truth again, and
+    the avatar's parameters do not change."""
+    from persona.data.datamodule import collate_frames
+    from persona.metrics.geometry import mask_iou
+    from persona.metrics.protocol import EvalProtocol
+
+    dm = _datamodule(tiny_subject)
+    system = PersonaSystem(**{**FAST_MODEL, "eval_protocol": EvalProtocol(fit_steps=60)})
+    system.build_from_datamodule(dm)
+    batch = collate_frames([dm.test_dataset()[0]])
+    with torch.no_grad():
+        aligned = mask_iou(system.render_eval(batch)["alpha"], batch["mask"][0])
+    batch["transl"] = batch["transl"] + torch.tensor([[0.08, 0.0, 0.0]])
+    before = _parameters(system)
+    with torch.inference_mode():  # as Lightning's test loop runs it
+        fitted = system.fit_test_pose(batch)
+        perturbed = mask_iou(system.render_eval(batch)["alpha"], batch["mask"][0])
+        refitted = mask_iou(system.render_eval(batch, fitted)["alpha"], batch["mask"][0])
+    assert perturbed < aligned - 5.0  # the perturbation is visible
+    assert refitted > perturbed + 0.5 * (aligned - perturbed)  # fitting recovers most of it
+    for name, value in _parameters(system).items():
+        assert torch.equal(value, before[name]), name
