@@ -120,7 +120,7 @@ class PersonaSystem(LightningModule):
         lpips_net_train: Literal["vgg", "alex"] = "vgg",  # LPIPS backbone of the training loss
         eval_protocol: EvalProtocol = EvalProtocol(),  # how test frames are scored
         body: BodyOverrides = BodyOverrides(),  # model.body.model_path / model.body.gender
-        cache_dir: str | None = None,  # bodies/skinning/LPIPS cache; None: $PERSONA_CACHE_DIR
+        cache_dir: str | None = None,  # body + skinning-volume cache; None: $PERSONA_CACHE_DIR
         max_nonfinite_steps: int = 20,  # stop with a clear error after this many skipped steps
         neutral_colour: float = 0.5,  # colour of Gaussians no image sees at initialisation
     ) -> None:
@@ -205,10 +205,8 @@ class PersonaSystem(LightningModule):
 
         # Frozen LPIPS networks, like the body, stay out of the state dict and checkpoints.
         if self.loss_weights.lpips > 0:
-            self._aux["lpips_train"] = load_lpips_loss(self.hparams.lpips_net_train,
-                                                       cache_dir=self.hparams.cache_dir)
-        self._aux["lpips_eval"] = load_lpips_distance(self.eval_protocol.lpips_net,
-                                                      cache_dir=self.hparams.cache_dir)
+            self._aux["lpips_train"] = load_lpips_loss(self.hparams.lpips_net_train)
+        self._aux["lpips_eval"] = load_lpips_distance(self.eval_protocol.lpips_net)
         self.avatar.initialize_(log_scale=knn_log_scale(template.canonical_vertices))
         if colour_sources:
             self._initialise_colours(colour_sources)

@@ -51,16 +51,18 @@ class StopAfterFirstEpoch(Callback):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_subject: Path, tmp_path: Path):
+    # a cold cache: the first run builds the skinning volume, the later ones load it
+    model = {**FAST_MODEL, "cache_dir": str(tmp_path / "cache")}
     pl.seed_everything(0)
-    straight = PersonaSystem(**FAST_MODEL)
+    straight = PersonaSystem(**model)
     _trainer(tmp_path / "a", max_epochs=2).fit(straight, _datamodule(tiny_subject))
 
     pl.seed_everything(0)
-    first = PersonaSystem(**FAST_MODEL)
+    first = PersonaSystem(**model)
     _trainer(tmp_path / "b", 2, [StopAfterFirstEpoch()]).fit(first, _datamodule(tiny_subject))
     assert first.trainer.global_step == 3  # killed half way
     pl.seed_everything(0)
-    resumed = PersonaSystem(**FAST_MODEL)
+    resumed = PersonaSystem(**model)
     _trainer(tmp_path / "b", max_epochs=2).fit(resumed, _datamodule(tiny_subject),
                                                ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt"))
     assert resumed.trainer.global_step == straight.trainer.global_step == 6

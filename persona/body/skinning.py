@@ -249,4 +249,7 @@ def cached_skinning_field(vertices: Tensor, weights: Tensor,
     atomic_write_text(meta_path, json.dumps({"bbox_min": bbox_min.tolist(),
                                              "bbox_max": bbox_max.tolist(),
                                              "settings": asdict(settings)}))
-    return SkinningField(volume, bbox_min, bbox_max)
+    # The field always holds the cached (float16-rounded) values, so a run that built the
+    # volume and one that loaded it (e.g. a resumed fit) compute identical weights.
+    return SkinningField(torch.from_numpy(half).float(), torch.tensor(bbox_min.tolist()),
+                         torch.tensor(bbox_max.tolist()))

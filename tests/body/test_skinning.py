@@ -158,3 +158,17 @@ def test_volume_cache_round_trip(procedural_body, canonical, tmp_path):
                                   SkinningVolumeSettings(grid_size=20), tmp_path)
     assert other.volume.shape[-1] == 20
     assert not list((tmp_path / "skinning").glob("*.tmp*"))
+
+
+def test_built_and_cached_fields_give_identical_weights(procedural_body, tmp_path):
+    """A run that builds the volume and a run that loads it from the cache (a resumed fit)
+    must skin identically."""
+    from persona.body.skinning import SkinningVolumeSettings, cached_skinning_field
+
+    vertices = procedural_body.canonical(procedural_body.zero_identity()).vertices
+    settings = SkinningVolumeSettings(grid_size=16)
+    built = cached_skinning_field(vertices, procedural_body.lbs_weights, settings, tmp_path)
+    loaded = cached_skinning_field(vertices, procedural_body.lbs_weights, settings, tmp_path)
+    points = vertices[::7] + 0.01
+    sigma = torch.full((points.shape[0],), 0.01)
+    assert torch.equal(built.query(points, sigma), loaded.query(points, sigma))
