@@ -6,12 +6,14 @@
 4. `persona test` on the fitted avatar (RUN/metrics.json);
 5. `persona export` (3DGS PLY) and `persona animate` (mp4 of a built-in motion);
 6. a summary: test metrics of the fitted avatar next to those of the step-0 avatar, and paths.
+A re-run reuses the subject and replaces OUT/step0 and OUT/fit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -87,6 +89,8 @@ def main(argv: list[str]) -> int:
     timings["subject"] = time.perf_counter() - t
 
     step0_run, fit_run = out / "step0", out / "fit"
+    for previous in (step0_run, fit_run):  # a re-run starts these runs afresh
+        shutil.rmtree(previous, ignore_errors=True)
     t = time.perf_counter()
     print("[demo] testing the step-0 avatar (no training)")
     _lightning(["test", *configs, *data, "--trainer.default_root_dir", str(step0_run)])

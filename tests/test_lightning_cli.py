@@ -114,3 +114,13 @@ def test_predict_renders_every_test_frame(fitted_run: Path):
     first = predictions[0]
     assert first["split"] == "test" and first["rgb"].shape[-1] == 3
     assert float(first["rgb"].min()) >= 0.0 and float(first["alpha"].max()) > 0.9
+
+
+def test_a_second_fit_into_the_same_run_replaces_last_ckpt(fitted_run: Path):
+    """RUN/checkpoints/last.ckpt is always the newest fit (no stale last.ckpt + last-v1.ckpt)."""
+    ckpt = fitted_run / "checkpoints" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    assert main(["fit", "--config", str(fitted_run / "config.yaml"),
+                 "--trainer.max_epochs", "1", "--data.epoch_length", "2"]) == 0
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+    assert ckpt.stat().st_mtime_ns > before
