@@ -7,7 +7,7 @@ passing its path wherever a built-in name is accepted.
 
 The built-ins (rotation, punches, kicks, dance, wave) are procedural: a few joints keyframed as
 Euler angles and interpolated with a monotone cubic (PCHIP), so they are smooth and repeatable.
-``python -m persona.data.motions`` rewrites the shipped npz files from these definitions.
+``python -m persona.data.motions DIR`` writes them as npz files: starting points for your own.
 
 ``place_in_camera`` puts a motion in front of the virtual camera of METHOD.md section 8 (camera
 at the origin, R = I, t = 0; focal 2000 and principal point (288, 512) at 576 x 1024): the body is
@@ -29,7 +29,6 @@ from scipy.spatial.transform import Rotation
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES
 from persona.data.subject import atomic_write_bytes
 
-MOTIONS_DIR = Path(__file__).parent / "motions"
 BUILTIN_MOTIONS: tuple[str, ...] = ("rotation", "punches", "kicks", "dance", "wave")
 DEFAULT_FPS = 30.0  # frames per second of the built-in motions
 
@@ -117,19 +116,18 @@ def load_motion(path: str | Path) -> Motion:
     return Motion(path.stem, poses, transl, fps, expression)
 
 
-def builtin_motion_path(name: str) -> Path:
+def check_builtin_name(name: str) -> None:
     if name not in BUILTIN_MOTIONS:
         raise ValueError(f"unknown built-in motion {name!r}; built-ins: "
                          f"{', '.join(BUILTIN_MOTIONS)} (or give the path of an .npz)")
-    return MOTIONS_DIR / f"{name}.npz"
 
 
 def resolve_motion(name_or_path: str) -> Motion:
-    """A built-in name or the path of a user npz."""
+    """A built-in name (made from its definition below) or the path of a user npz."""
     if name_or_path in BUILTIN_MOTIONS:
-        return load_motion(builtin_motion_path(name_or_path))
+        return make_builtin_motion(name_or_path)
     if not name_or_path.endswith(".npz") and not Path(name_or_path).exists():
-        builtin_motion_path(name_or_path)  # raises: unknown built-in, lists them
+        check_builtin_name(name_or_path)  # raises: unknown built-in, lists them
     return load_motion(name_or_path)
 
 
@@ -297,11 +295,12 @@ _MAKERS = {"rotation": make_rotation, "punches": make_punches, "kicks": make_kic
 
 
 def make_builtin_motion(name: str) -> Motion:
-    builtin_motion_path(name)  # validates the name
+    check_builtin_name(name)
     return _MAKERS[name]()
 
 
-def write_builtin_motions(folder: str | Path = MOTIONS_DIR) -> list[Path]:
+def write_builtin_motions(folder: str | Path) -> list[Path]:
+    """The built-in motions as npz files in folder: starting points for your own motions."""
     paths = []
     for name in BUILTIN_MOTIONS:
         path = Path(folder) / f"{name}.npz"
@@ -347,5 +346,7 @@ def place_in_camera(poses: np.ndarray, transl: np.ndarray, rest_pelvis: np.ndarr
 
 
 if __name__ == "__main__":
-    for written in write_builtin_motions():
+    import sys
+
+    for written in write_builtin_motions(sys.argv[1] if len(sys.argv) > 1 else "motions"):
         print(written)
