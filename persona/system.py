@@ -136,7 +136,6 @@ class PersonaSystem(LightningModule):
         self.optim_cfg = optim
         self.eval_protocol = eval_protocol
         self.nonfinite_steps = 0
-        self.eval_records: list[dict] = []
         self.last_visuals: dict[str, Tensor] = {}
         self.last_eval_visuals: dict[str, Tensor] = {}
         self.built = False
@@ -342,7 +341,6 @@ class PersonaSystem(LightningModule):
             return combine_with_template(queried, t.lbs_weights, keep)
         from persona.body.skinning import field_skinning_weights
 
-        self._aux_to(canon.device)
         return field_skinning_weights(self._aux["field"], canon.detach(), sigma, t.lbs_weights,
                                       keep)
 
@@ -381,12 +379,14 @@ class PersonaSystem(LightningModule):
         state = self.posed_state(pose, self.frame_params.body_pose_6d(frame_id))
         camera = _batch_camera(batch)
         image = batch["image"][0]  # [H, W, 3]
+        # seams exist only on the input image, and only when a term uses them (ablation: off)
+        seams_used = is_input and (self.loss_weights.seam_weight != 1.0
+                                   or weights["seam_distill"] > 0)
         renders = {variant: self.render_state(
             state, camera, variant, with_aux=(variant == "refined" and not is_input),
-            with_seams=(variant == "base" and is_input)) for variant in ("base", "refined")}
+            with_seams=(variant == "base" and seams_used)) for variant in ("base", "refined")}
         seam_map = None
-        seams_used = self.loss_weights.seam_weight != 1.0 or weights["seam_distill"] > 0
-        if is_input and seams_used:
+        if seams_used:
             base = renders["base"]
             face = base["regions"][..., REGION_CHANNELS.index("face")] > VISIBLE_ALPHA
             seams = detect_seams(base["canonical"], base["alpha"], face)
@@ -611,8 +611,6 @@ class PersonaSystem(LightningModule):
         for name, value in metrics.items():
             if math.isfinite(value):
                 self.log(f"{prefix}/{name}", value, batch_size=1, on_epoch=True, on_step=False)
-        self.eval_records.append({"split": batch["split"][0], "index": int(batch["index"][0]),
-                                  **metrics})
         mask = batch["mask"][0]
         background = out["rgb"].new_tensor(self.eval_protocol.background)
         target_on_background = batch["image"][0] * mask + background * (1 - mask)  # for views
@@ -621,12 +619,6 @@ class PersonaSystem(LightningModule):
         if prefix == "val":
             self.last_visuals = dict(self.last_eval_visuals)
         return metrics
-
-    def on_validation_epoch_start(self) -> None:
-        self.eval_records = []
-
-    def on_test_epoch_start(self) -> None:
-        self.eval_records = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, float]:
         return self._eval_step(batch, "val")

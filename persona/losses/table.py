@@ -53,11 +53,12 @@ class LossWeights:
     # (L x)^2 off hands/face/eyes, which also flattens and shrinks the body (docs/ABLATIONS.md).
     lap_mean_relative: int = 1  # template-relative mean Laplacian everywhere
     lap_mean_posed: float = 1e5  # Laplacian of posed refined means (hands/face/eyes excluded)
-    lap_scale: float = 1e6  # Laplacian of log-scales, subdivided topology
-    lap_scale_original: float = 1e6  # Laplacian of log-scales, original topology
-    # The scale Laplacian acts on activated scales (metres) by default: on log-scales, as
-    # METHOD.md reads, 1e6 x (L log s)^2 is ~1e4 x the image loss at the k-NN initialisation
-    # and freezes the scales (docs/MODEL_AND_LOSSES.md); 1 restores the log-space reading.
+    lap_scale: float = 1e6  # Laplacian of scales (see lap_scale_on_log), subdivided topology
+    lap_scale_original: float = 1e6  # the same on the original topology
+    # The scale Laplacian acts on activated scales (metres) by default. On log-scales, as
+    # METHOD.md reads, 1e6 x (L log s)^2 was ~7.6e4 at the k-NN initialisation of the demo
+    # subject, over 1e6 x its image loss (0.03), and dominated the step
+    # (docs/MODEL_AND_LOSSES.md); 1 restores the log-space reading.
     lap_scale_on_log: int = 0  # 1: Laplacian of log-scales; 0: of scales in metres
     lap_rgb: float = 0.1  # Laplacian of colours
     lap_face_eye_factor: float = 50.0  # mean-Laplacian factor on eyes and the expression face
