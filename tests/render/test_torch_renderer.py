@@ -162,27 +162,6 @@ def test_single_gaussian_known_answers() -> None:
         assert out["alpha"].argmax().item() == int(target_v) * w + int(target_u)
 
 
-def test_projection_matches_gsplat_reference() -> None:
-    """Our projection equals gsplat 1.5.3's own PyTorch reference (_fully_fused_projection)."""
-    gsplat_impl = pytest.importorskip("gsplat.cuda._torch_impl")
-    gaussians, _ = make_scene(200, 5)
-    camera = make_camera(64, 48)
-    proj = project(gaussians, camera)
-    from persona.render.projection import covariance_3d
-    viewmat = torch.eye(4)
-    viewmat[:3, :3], viewmat[:3, 3] = camera.R, camera.t
-    radii, means2d, depths, conics, comp = gsplat_impl._fully_fused_projection(
-        gaussians.means, covariance_3d(gaussians.scales, gaussians.quats), viewmat[None],
-        camera.K[None], camera.width, camera.height, eps2d=0.1, near_plane=0.01, far_plane=100,
-        calc_compensations=True)
-    ok = proj.valid
-    assert ok.sum() > 150
-    torch.testing.assert_close(proj.mean2d[ok], means2d[0][ok], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(proj.conic[ok], conics[0][ok], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(proj.compensation[ok], comp[0][ok], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(proj.depth, depths[0])
-
-
 def test_culled_scene_is_black_and_differentiable() -> None:
     g = Gaussians(torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 200.0]], requires_grad=True),
                   torch.full((2, 3), 0.1), torch.tensor([0.5, 0.5]), None)
