@@ -25,6 +25,7 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "body": ("persona.body.cli", "main", "`body check|build|show`: body models"),
     "export": ("persona.export.cli", "export_main", "export an avatar as 3DGS PLY or npz"),
     "animate": ("persona.export.cli", "animate_main", "render an avatar along a motion to mp4"),
+    "prep": ("data_prep.cli", "main", "run a preprocessing stage over a subject (multi-GPU)"),
     "doctor": ("persona.doctor", "main", "check the environment, weights and bodies"),
     "demo": ("persona.demo", "main", "the main job on the embedded default, end to end"),
 }
