@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,9 @@ from persona.body.types import (
     Identity,
     PoseParams,
 )
+from persona.data.datamodule import body_spec_from_config
 from persona.data.motions import UPRIGHT_IN_CAMERA, VIRTUAL_FOCAL, VIRTUAL_HEIGHT
-from persona.data.subject import camera_to_json, pose_to_json
+from persona.data.subject import camera_to_json, pose_to_json, read_subject_config
 from persona.render.types import Camera
 
 REFERENCE_HEIGHT = 1024.0  # px: residuals are rescaled to this image height (METHOD.md 8 camera)
@@ -108,7 +110,7 @@ def fitting_camera(width: int, height: int, focal: float | None = None) -> Camer
     focal `focal` or the virtual camera's (METHOD.md 8: 2000 at 576 x 1024) scaled by height."""
     f = VIRTUAL_FOCAL * height / VIRTUAL_HEIGHT if focal is None else float(focal)
     if not f > 0:
-        raise ValueError(f"prep.fit.settings.focal must be positive, got {f}")
+        raise ValueError(f"model.init_args.settings.focal must be positive, got {f}")
     K = torch.tensor([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
     return Camera(K=K, R=torch.eye(3), t=torch.zeros(3), width=width, height=height)
 
@@ -173,7 +175,7 @@ def initial_translation(points: np.ndarray, keypoints: np.ndarray, weights: np.n
             break
     else:
         raise ValueError("fit: fewer than two keypoints with a score >= "
-                         "prep.fit.settings.min_score; nothing to fit")
+                         "model.init_args.settings.min_score; nothing to fit")
     R = camera.R.detach().cpu().double().numpy()
     t = camera.t.detach().cpu().double().numpy()
     K = camera.K.detach().cpu().double().numpy()
@@ -215,7 +217,7 @@ def fit_smplx_to_keypoints(body: BodyModel, keypoints: np.ndarray | Tensor, came
     Returns (PoseParams [1] in SMPL-X joint order, betas [num_betas], diagnostics)."""
     settings = FitSettings() if settings is None else settings
     if len(settings.iterations) != 3 or len(settings.learning_rates) != 3:
-        raise ValueError("prep.fit.settings: iterations and learning_rates need 3 values")
+        raise ValueError("model.init_args.settings: iterations and learning_rates need 3 values")
     start = time.perf_counter()
     device = body.v_template.device
     table = landmark_table(body) if table is None else table
@@ -325,19 +327,44 @@ class FitStage(PrepStage):
 
     def __init__(self, body: BodySpec | None = None, settings: FitSettings | None = None,
                  landmark_embedding: str | None = None):
+        """body: None = the subject's own (subject.json), read when the stage starts; a spec
+        given here must agree with subject.json's kind and gender."""
         super().__init__()
-        self.body_spec = BodySpec() if body is None else body
+        self.body_spec = body
         self.settings = FitSettings() if settings is None else settings
-        self.body = load_body(self.body_spec)  # a submodule: Lightning moves it to the device
-        if (landmark_embedding is None and self.body_spec.kind == "smplx"
+        self.landmark_embedding = landmark_embedding
+        self.diagnostics: dict[str, FitDiagnostics] = {}
+        if body is not None:
+            self._load(body)
+
+    def _load(self, spec: BodySpec) -> None:
+        self.body_spec = spec
+        self.body = load_body(spec)  # a submodule: Lightning moves it to the device
+        embedding_file = self.landmark_embedding
+        if (embedding_file is None and spec.kind == "smplx"
                 and self.body.num_vertices == SMPLX_NUM_VERTICES):
             # real SMPL-X files carry their own face landmark embedding
-            landmark_embedding = str(resolve_model_file(str(self.body_spec.model_path),
-                                                        self.body_spec.gender))
-        embedding = None if landmark_embedding is None else read_landmark_embedding(
-            landmark_embedding)
+            embedding_file = str(resolve_model_file(str(spec.model_path), spec.gender))
+        embedding = None if embedding_file is None else read_landmark_embedding(embedding_file)
         self.table = landmark_table(self.body, embedding)
-        self.diagnostics: dict[str, FitDiagnostics] = {}
+
+    def setup(self, stage: str) -> None:
+        subject = Path(self.trainer.datamodule.subject_dir)
+        subject_json = subject / "subject.json"
+        declared = (read_subject_config(subject).get("body", {}) if subject_json.is_file()
+                    else None)
+        if self.body_spec is None:
+            if declared is None:
+                raise FileNotFoundError(f"{subject_json} is missing: start the subject with "
+                                        "`persona prep init`, or set model.init_args.body")
+            self._load(body_spec_from_config(declared))
+        elif declared is not None:
+            for key in ("kind", "gender"):
+                if key in declared and declared[key] != getattr(self.body_spec, key):
+                    raise ValueError(f"model.init_args.body.{key} is "
+                                     f"{getattr(self.body_spec, key)!r} but {subject_json} "
+                                     f"says {declared[key]!r}; leave model.init_args.body null "
+                                     "to use the subject's")
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         split, index = item["split"], int(item["index"])

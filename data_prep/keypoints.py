@@ -133,25 +133,26 @@ class LandmarkTable:
 def read_landmark_embedding(model_file: str | Path) -> LandmarkEmbedding:
     """The face landmark embedding of a real SMPL-X npz (keys lmk_faces_idx, lmk_bary_coords,
     dynamic_lmk_faces_idx, dynamic_lmk_bary_coords, f). FileNotFoundError / ValueError name the
-    setting `prep.fit.landmark_embedding`."""
+    setting `model.init_args.landmark_embedding`."""
     path = Path(model_file)
     if not path.is_file():
-        raise FileNotFoundError(f"prep.fit.landmark_embedding: {path} does not exist (a real "
-                                f"SMPL-X model file, smplx/SMPLX_NEUTRAL.npz from "
+        raise FileNotFoundError(f"model.init_args.landmark_embedding: {path} does not exist "
+                                f"(a real SMPL-X model file, smplx/SMPLX_NEUTRAL.npz from "
                                 f"https://smpl-x.is.tue.mpg.de)")
     keys = ("f", "lmk_faces_idx", "lmk_bary_coords", "dynamic_lmk_faces_idx",
             "dynamic_lmk_bary_coords")
     with np.load(path, allow_pickle=True) as data:
         missing = [k for k in keys if k not in data.files]
         if missing:
-            raise ValueError(f"prep.fit.landmark_embedding: {path} lacks {missing}")
+            raise ValueError(f"model.init_args.landmark_embedding: {path} lacks {missing}")
         arrays = {k: np.asarray(data[k]) for k in keys}
     faces = arrays["f"].astype(np.int64)  # [F, 3]
     static = faces[arrays["lmk_faces_idx"].astype(np.int64).reshape(-1)]  # [51, 3]
     dynamic = faces[arrays["dynamic_lmk_faces_idx"].astype(np.int64)]  # [79, 17, 3]
     if static.shape != (NUM_STATIC_FACE, 3) or dynamic.shape != (NUM_CONTOUR_BINS, NUM_CONTOUR, 3):
-        raise ValueError(f"prep.fit.landmark_embedding: {path}: expected 51 static and 79 x 17 "
-                         f"contour landmarks, got {static.shape[0]} and {dynamic.shape[:2]}")
+        raise ValueError(f"model.init_args.landmark_embedding: {path}: expected 51 static "
+                         f"and 79 x 17 contour landmarks, got {static.shape[0]} and "
+                         f"{dynamic.shape[:2]}")
     return LandmarkEmbedding(
         torch.as_tensor(static), torch.as_tensor(arrays["lmk_bary_coords"]).float().reshape(-1, 3),
         torch.as_tensor(dynamic),
@@ -231,8 +232,8 @@ def landmark_table(body: BodyModel, embedding: LandmarkEmbedding | None = None) 
     bary[:, 0] = 1.0
     if embedding is not None:
         if body.num_vertices != SMPLX_NUM_VERTICES:
-            raise ValueError("prep.fit.landmark_embedding: a face landmark embedding needs the "
-                             f"real SMPL-X mesh ({SMPLX_NUM_VERTICES} vertices), body "
+            raise ValueError("model.init_args.landmark_embedding: a face landmark embedding "
+                             f"needs the real SMPL-X mesh ({SMPLX_NUM_VERTICES} vertices), body "
                              f"{body.name!r} has {body.num_vertices}")
         valid[FIRST_STATIC_FACE:] = True
     return LandmarkTable(triples, bary, valid, source, embedding)

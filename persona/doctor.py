@@ -36,6 +36,12 @@ def report() -> list[tuple[str, str]]:
         rows += describe_weights()
     except ImportError as exc:
         rows.append(("lpips weights", f"unavailable: {exc}"))
+    try:
+        from data_prep.weights import describe_prep_weights
+
+        rows += describe_prep_weights()
+    except ImportError as exc:
+        rows.append(("prep weights", f"unavailable: {exc}"))
     return rows
 
 

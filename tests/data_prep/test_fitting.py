@@ -80,7 +80,7 @@ def test_fitting_camera_and_projection():
     np.testing.assert_allclose(camera.K.numpy(), [[2000, 0, 288], [0, 2000, 512], [0, 0, 1]])
     assert fitting_camera(288, 512).K[0, 0] == 1000.0  # scaled by height
     assert fitting_camera(100, 100, focal=321.0).K[1, 1] == 321.0
-    with pytest.raises(ValueError, match="prep.fit.settings.focal"):
+    with pytest.raises(ValueError, match="model.init_args.settings.focal"):
         fitting_camera(100, 100, focal=-1.0)
     rotation = torch.tensor(Rotation.from_rotvec([0.0, 0.3, 0.0]).as_matrix(), dtype=torch.float32)
     K = torch.tensor([[500.0, 0, 100.5], [0, 600.0, 80.0], [0, 0, 1]])

@@ -244,10 +244,10 @@ def test_contour_bins_follow_smplx_yaw_rule():
 
 
 def test_embedding_errors_name_the_setting(tmp_path, procedural):
-    with pytest.raises(FileNotFoundError, match="prep.fit.landmark_embedding"):
+    with pytest.raises(FileNotFoundError, match="model.init_args.landmark_embedding"):
         read_landmark_embedding(tmp_path / "missing.npz")
     np.savez(tmp_path / "bad.npz", f=np.zeros((3, 3)))
-    with pytest.raises(ValueError, match="prep.fit.landmark_embedding"):
+    with pytest.raises(ValueError, match="model.init_args.landmark_embedding"):
         read_landmark_embedding(tmp_path / "bad.npz")
     _write_embedding(tmp_path / "ok.npz", procedural.num_vertices)
     with pytest.raises(ValueError, match="10475"):

@@ -120,8 +120,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         f"--model.init_args.{task}_checkpoint", str(weights[task])))
     _prep("segment.yaml", subject, *sam_args)
     _prep("geometry.yaml", subject, *geometry_args)
-    _prep("fit.yaml", subject, "--model.init_args.body.kind", "procedural",
-          "--model.init_args.settings.iterations", FIT_ITERATIONS)
+    _prep("fit.yaml", subject, "--model.init_args.settings.iterations", FIT_ITERATIONS)
     _prep("albedo.yaml", subject)
 
     kicks = make_builtin_motion("kicks")
@@ -228,3 +227,21 @@ def test_keypoints_file_round_trip(tmp_path: Path) -> None:
     keypoints = np.random.default_rng(1).uniform(0, 50, (133, 3)).astype(np.float32)
     write_keypoints(tmp_path / "k.json", keypoints)
     assert np.array_equal(read_keypoints(tmp_path / "k.json"), keypoints)
+
+
+def test_fit_stage_refuses_a_body_other_than_the_subjects(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 40), (200, 180, 160)).save(photo)
+    subject = tmp_path / "s"
+    assert prep_main(["init", str(photo), str(subject), "--body", "procedural",
+                      "--gender", "female"]) == 0
+    assert read_subject_config(subject)["body"]["gender"] == "female"
+    write_keypoints(subject / keypoints_relpath("captured", 0), np.zeros((133, 3), np.float32))
+    with pytest.raises(ValueError, match=r"model.init_args.body.gender is 'neutral' but .*"
+                                         r"subject.json says 'female'"):
+        _prep("fit.yaml", subject, "--model.init_args.body.kind", "procedural")
+    # a second init into the same folder is refused, and the photo must be an image
+    assert prep_main(["init", str(photo), str(subject)]) == 1
+    (tmp_path / "bad.png").write_text("not an image")
+    assert prep_main(["init", str(tmp_path / "bad.png"), str(tmp_path / "t")]) == 1
+    assert not (tmp_path / "t").exists() and not (tmp_path / ".t.partial").exists()
