@@ -51,7 +51,32 @@ def build_cli(argv: list[str]) -> PrepCLI:
         sys.argv = saved
 
 
+UNION_ERRORS = "Errors:\n"  # jsonargparse lists each candidate type's failure after this line
+NOT_NONE = "Expected a <class 'NoneType'>"  # the Optional[...] candidate: noise
+
+
+def concise_message(error: Exception) -> str:
+    """The stage's own message out of jsonargparse's wrapping of a failed instantiation (it
+    reports every candidate type of ``model``); other errors as they are."""
+    text = str(error)
+    if UNION_ERRORS not in text:
+        return text
+    bullets = [line.strip()[2:] for line in text.split(UNION_ERRORS, 1)[1].splitlines()
+               if line.strip().startswith("- ") and NOT_NONE not in line]
+    return "\n".join(bullets) or text
+
+
 def main(argv: list[str]) -> int:
+    """`persona prep ...`; bad input and missing files end with a one-paragraph message naming
+    the file or setting and exit status 1 (no traceback)."""
+    try:
+        return _run(argv)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"persona prep: error: {concise_message(error)}", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str]) -> int:
     """Run one stage's ``predict`` over a subject (``persona prep init PHOTO SUBJECT`` starts
     one); returns the exit status."""
     if argv and argv[0] == "init":

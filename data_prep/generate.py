@@ -62,6 +62,7 @@ ALIGN_KEYPOINTS = tuple(range(17))  # COCO-WholeBody body keypoints used to plac
 ALIGN_MIN_SCORE = 0.3  # detected keypoints below this score are not used for the alignment
 MIN_ALIGN_POINTS = 2  # a scale and a shift need at least two points
 FRAME_LIST_TEMPLATE = "{split}/" + FRAME_LIST_NAME
+SHAPE_FILE = "smplx_optimized/shape_param.json"  # the fitted shape (fit stage)
 
 
 def fit_scale_shift(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray]:
@@ -177,6 +178,10 @@ class GenerateVideosStage(PrepStage):
 
     def setup(self, stage: str) -> None:
         self.subject = Path(self.trainer.datamodule.subject_dir)
+        for needed, stage in ((SHAPE_FILE, "fit.yaml"), ("subject.json", "`persona prep init`")):
+            if not (self.subject / needed).is_file():
+                raise FileNotFoundError(f"{self.subject / needed} is missing: run {stage} first "
+                                        "(docs/PREPROCESSING.md)")
         body_config = read_subject_config(self.subject).get("body", {})
         self.body = load_body(body_spec_from_config(body_config))
         self.identity = read_identity(self.subject)

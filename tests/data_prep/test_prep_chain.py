@@ -12,6 +12,7 @@ the generated split holds exactly the driving poses and camera, and training acc
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +230,8 @@ def test_keypoints_file_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(read_keypoints(tmp_path / "k.json"), keypoints)
 
 
-def test_fit_stage_refuses_a_body_other_than_the_subjects(tmp_path: Path) -> None:
+def test_fit_stage_refuses_a_body_other_than_the_subjects(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photo = tmp_path / "photo.png"
     Image.new("RGB", (24, 40), (200, 180, 160)).save(photo)
     subject = tmp_path / "s"
@@ -237,9 +239,19 @@ def test_fit_stage_refuses_a_body_other_than_the_subjects(tmp_path: Path) -> Non
                       "--gender", "female"]) == 0
     assert read_subject_config(subject)["body"]["gender"] == "female"
     write_keypoints(subject / keypoints_relpath("captured", 0), np.zeros((133, 3), np.float32))
-    with pytest.raises(ValueError, match=r"model.init_args.body.gender is 'neutral' but .*"
-                                         r"subject.json says 'female'"):
-        _prep("fit.yaml", subject, "--model.init_args.body.kind", "procedural")
+    assert prep_main(["--config", str(CONFIGS / "fit.yaml"), "--data.subject_dir", str(subject),
+                      "--model.init_args.body.kind", "procedural"]) == 1
+    assert re.search(r"model.init_args.body.gender is 'neutral' but .*subject.json says "
+                     r"'female'", capsys.readouterr().err)
+    # a missing weight file: one message naming the setting and the source, no traceback
+    assert prep_main(["--config", str(CONFIGS / "segment.yaml"), "--data.subject_dir",
+                      str(subject)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("persona prep: error: SAM checkpoint") and "Traceback" not in err
+    assert "model.init_args.checkpoint" in err and "dl.fbaipublicfiles.com" in err
+    assert prep_main(["--config", str(CONFIGS / "generate.yaml"), "--data.subject_dir",
+                      str(subject)]) == 1
+    assert "shape_param.json is missing: run fit.yaml first" in capsys.readouterr().err
     # a second init into the same folder is refused, and the photo must be an image
     assert prep_main(["init", str(photo), str(subject)]) == 1
     (tmp_path / "bad.png").write_text("not an image")
