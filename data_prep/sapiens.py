@@ -502,12 +502,6 @@ class SapiensGeometryStage(PrepStage):
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         return self.process_batch([item])[0]
 
-    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0,
-                     dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        files = self.process_batch(batch)
-        return [{"split": item["split"], "index": int(item["index"]), "files": out}
-                for item, out in zip(batch, files, strict=True)]
-
 
 class SapiensKeypointStage(PrepStage):
     """Sapiens COCO-WholeBody 133 keypoints -> ``{split}/keypoints/{i}.json``.
@@ -549,9 +543,3 @@ class SapiensKeypointStage(PrepStage):
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
         return self.process_batch([item])[0]
-
-    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0,
-                     dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        files = self.process_batch(batch)
-        return [{"split": item["split"], "index": int(item["index"]), "files": out}
-                for item, out in zip(batch, files, strict=True)]

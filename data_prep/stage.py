@@ -305,13 +305,19 @@ class PrepStage(LightningModule):
                              data.overwrite)
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:
-        """One frame item -> ``{subject-relative output path: payload}``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement process(item)")
+        """One item -> ``{subject-relative output path: payload}``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement process(item) or "
+                                  "process_batch(items)")
+
+    def process_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several items -> one output dict each. Override to batch the model (e.g. Sapiens)."""
+        return [self.process(item) for item in items]
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0,
                      dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        return [{"split": item["split"], "index": int(item["index"]),
-                 "files": self.process(item)} for item in batch]
+        files = self.process_batch(batch)
+        return [{"split": item["split"], "index": int(item["index"]), "files": out}
+                for item, out in zip(batch, files, strict=True)]
 
     def configure_callbacks(self) -> list[Callback]:
         """Every stage writes through a SubjectWriter (one given to the Trainer replaces it)."""
