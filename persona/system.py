@@ -40,6 +40,8 @@ from persona.render.types import Camera, ChannelGroup, Gaussians
 
 SMPLX_PATH_ENV = "PERSONA_SMPLX_PATH"  # fallback for model.body.model_path
 REGION_CHANNELS = ("hands", "eyes", "face")  # order of the "regions" render channel group
+SILHOUETTE_LABELS = {1: "hands", 2: "eyes"}  # face label -> body region (z-buffered silhouettes)
+SILHOUETTE_LABEL_OF = {"hand_mask": 1, "eye_mask": 2}  # loss term -> its face label
 VISIBILITY_TOLERANCE = 0.02  # m: a Gaussian within this of the rendered depth is visible
 VISIBLE_ALPHA = 0.5  # rendered alpha above which a pixel counts as covered (colour unwrapping)
 
@@ -188,6 +190,11 @@ class PersonaSystem(LightningModule):
             "hand_mask": body.faces[body.region_masks["hands"][body.faces].all(1)],
             "eye_mask": body.faces[body.region_masks["eyes"][body.faces].all(1)],
         }
+        # per-face labels of the whole mesh for z-buffered silhouettes (0 = rest of the body)
+        face_labels = torch.zeros(body.faces.shape[0], dtype=torch.int64)
+        for label, region in SILHOUETTE_LABELS.items():
+            face_labels[body.region_masks[region][body.faces].all(1).cpu()] = label
+        self._aux["face_labels"] = face_labels
         cfg = self.deformer_cfg
         self.avatar = GaussianAvatar(n)
         self.deformer = PoseDeformer(
@@ -220,6 +227,7 @@ class PersonaSystem(LightningModule):
         aux["identity"] = aux["identity"].to(device)
         aux["edges"] = aux["edges"].to(device)
         aux["region_faces"] = {k: v.to(device) for k, v in aux["region_faces"].items()}
+        aux["face_labels"] = aux["face_labels"].to(device)
         for key in ("field", "lpips_train", "lpips_eval"):
             if key in aux:
                 aux[key] = aux[key].to(device)
@@ -480,8 +488,9 @@ class PersonaSystem(LightningModule):
 
     def _silhouette_terms(self, render: dict, pose: PoseParams, camera: Camera,
                           weights: dict) -> dict:
-        """Gaussian hand/eye masks vs the SMPL-X mesh's hand/eye silhouettes (targets only)."""
-        from persona.render.silhouette import rasterize_silhouette
+        """Gaussian hand/eye masks vs the SMPL-X mesh's hand/eye silhouettes (targets only),
+        z-buffered against the whole mesh when ``losses.mask_occlusion``."""
+        from persona.render.silhouette import rasterize_labels, rasterize_silhouette
 
         wanted = {k: weights[k] for k in ("hand_mask", "eye_mask") if weights[k] > 0}
         if not wanted:
@@ -491,8 +500,13 @@ class PersonaSystem(LightningModule):
         terms = {}
         channel = {"hand_mask": REGION_CHANNELS.index("hands"),
                    "eye_mask": REGION_CHANNELS.index("eyes")}
+        labels = (rasterize_labels(vertices, self.body.faces, self._aux["face_labels"], camera)
+                  if self.loss_weights.mask_occlusion else None)
         for key, w in wanted.items():
-            target = rasterize_silhouette(vertices, self._aux["region_faces"][key], camera)
+            if labels is not None:
+                target = (labels == SILHOUETTE_LABEL_OF[key]).float()
+            else:
+                target = rasterize_silhouette(vertices, self._aux["region_faces"][key], camera)
             pred = render["regions"][..., channel[key]]
             terms[key] = ((pred - target.to(pred.dtype)).abs().mean(), w)
         return terms

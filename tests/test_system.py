@@ -153,3 +153,37 @@ def test_test_pose_fitting_realigns_a_perturbed_pose(tiny_subject: Path):
     assert refitted > perturbed + 0.5 * (aligned - perturbed)  # fitting recovers most of it
     for name, value in _parameters(system).items():
         assert torch.equal(value, before[name]), name
+
+
+def test_silhouette_targets_follow_the_occlusion_switch(tiny_subject: Path):
+    """With losses.mask_occlusion the hand/eye targets are the z-buffered labels of the whole
+    mesh; with 0 the regions' faces alone. A render equal to the target scores 0, the other 1."""
+    from persona.render.silhouette import rasterize_labels, rasterize_silhouette
+
+    dm = _datamodule(tiny_subject)
+    system = PersonaSystem(**FAST_MODEL)
+    system.build_from_datamodule(dm)
+    record = dm.train_frames[dm.generated_rows[0]]
+    weights = {"hand_mask": 1.0, "eye_mask": 1.0}
+    with torch.no_grad():
+        vertices = system.body(system.identity, record.pose)[0]
+    labels = rasterize_labels(vertices, system.body.faces, system._aux["face_labels"],
+                              record.camera)
+    occluded = {"hand_mask": (labels == 1).float(), "eye_mask": (labels == 2).float()}
+    regions = system._aux["region_faces"]
+    alone = {k: rasterize_silhouette(vertices, regions[k], record.camera) for k in occluded}
+    assert occluded["hand_mask"].sum() > 0
+    assert (alone["eye_mask"] - occluded["eye_mask"]).sum() > 0  # eyeballs under the lids
+    assert ((occluded["eye_mask"] > 0) <= (alone["eye_mask"] > 0)).all()
+
+    def render_of(targets: dict) -> dict:
+        channels = torch.zeros(*targets["hand_mask"].shape, 3)
+        channels[..., 0], channels[..., 1] = targets["hand_mask"], targets["eye_mask"]
+        return {"regions": channels}
+
+    for switch, match, other in ((1, occluded, alone), (0, alone, occluded)):
+        system.loss_weights.mask_occlusion = switch
+        terms = system._silhouette_terms(render_of(match), record.pose, record.camera, weights)
+        assert all(float(value) == 0.0 for value, _ in terms.values()), switch
+        terms = system._silhouette_terms(render_of(other), record.pose, record.camera, weights)
+        assert float(terms["eye_mask"][0]) > 0.0, switch

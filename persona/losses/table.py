@@ -46,6 +46,9 @@ class LossWeights:
     # Silhouettes of the SMPL-X mesh.
     hand_mask: float = 50.0  # Gaussian hand mask vs SMPL-X hand silhouette, generated only
     eye_mask: float = 1.0  # Gaussian eye mask vs SMPL-X eye silhouette, both splits
+    # 1: the silhouettes are z-buffered against the whole body mesh (a hand behind the torso is
+    # not in the hand mask, as the Gaussian mask it is compared with); 0: the region's faces alone.
+    mask_occlusion: int = 1
     # Regularisers (per-vertex factors in persona.losses.regularizers).
     lap_mean: float = 1e5  # Laplacian of canonical refined means x region factors
     lap_mean_base_factor: float = 10.0  # the base-mean Laplacian is this x lap_mean
