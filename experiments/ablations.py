@@ -33,6 +33,7 @@ VARIANTS: dict[str, list[str]] = {
     "deformer_mean_scale": ["deformer_mean_scale.yaml"],
     "seams_off": ["seams_off.yaml"],
     "mask_occlusion_off": ["mask_occlusion_off.yaml"],
+    "face_patch_off": ["face_patch_off.yaml"],
 }
 IDENTITY_REGIONS = ("face", "logo")  # regions of the ground-truth avatar scored separately
 REGION_THRESHOLD = 0.5  # rendered region coverage above which a pixel belongs to the region

@@ -30,13 +30,14 @@ from persona.body.lbs import skin_points
 from persona.body.types import Identity, PoseParams
 from persona.losses import geometry as geo_losses
 from persona.losses import regularizers as reg
+from persona.losses.face_patch import crop_camera, crop_image, face_box
 from persona.losses.image import image_loss_map, weighted_mean
 from persona.losses.seams import detect_seams, positional_colours
 from persona.losses.table import LossWeights, pixel_seam_weight, term_weights
 from persona.metrics.protocol import EvalProtocol
 from persona.ops.mesh import mesh_edges, vertex_normals
 from persona.ops.rotations import axis_angle_to_rotation_6d
-from persona.render.types import Camera, ChannelGroup, Gaussians
+from persona.render.types import Camera, ChannelGroup, Gaussians, RenderSettings
 
 SMPLX_PATH_ENV = "PERSONA_SMPLX_PATH"  # fallback for model.body.model_path
 REGION_CHANNELS = ("hands", "eyes", "face")  # order of the "regions" render channel group
@@ -412,6 +413,9 @@ class PersonaSystem(LightningModule):
             diff = (r["rgb_geo_detached"] - r["rgb_aux_all_detached"]) * seam
             terms["seam_distill"] = (diff.abs().mean(), weights["seam_distill"])
         terms.update(self._silhouette_terms(renders["base"], pose, camera, weights))
+        if is_input and "image_native" in batch and (weights["face_patch_base"] > 0
+                                                      or weights["face_patch_refined"] > 0):
+            terms.update(self._face_patch_terms(state, batch, camera, weights))
         terms.update(self._regulariser_terms(state, weights))
         loss = sum(value * weight for value, weight in terms.values())
         for name, (value, weight) in terms.items():
@@ -463,6 +467,36 @@ class PersonaSystem(LightningModule):
         if w > 0 and "rgb_aux" in r:
             loss_map = self._image_loss_map(r["rgb_aux"] + image * (1 - alpha.detach()), image)
             terms[f"rgb_aux_{variant}"] = (weighted_mean(loss_map, None), w)
+        return terms
+
+    def _face_patch_terms(self, state: AvatarState, batch: dict, camera: Camera,
+                          weights: dict) -> dict:
+        """Image loss of the face patch of the input image at native resolution, rendered with
+        the crop's own camera (persona/losses/face_patch.py); composited over the target."""
+        lw = self.loss_weights
+        native = batch["image_native"][0]  # [H, W, 3]
+        height, width = native.shape[:2]
+        full = Camera(batch["K_native"][0], camera.R, camera.t, width, height)
+        with torch.no_grad():
+            face = state.means["base"][self.template.region_masks["face"]]  # [P, 3]
+            x_cam = face @ full.R.T + full.t
+            uv = x_cam[:, :2] / x_cam[:, 2:].clamp(min=1e-6) * full.K.diagonal()[:2] \
+                + full.K[:2, 2]  # [P, 2]
+        x0, y0, side = face_box(uv, width, height, lw.face_patch_margin)
+        patch_camera = crop_camera(full, x0, y0, side, lw.face_patch_size)
+        target = crop_image(native, x0, y0, side, lw.face_patch_size)  # [S, S, 3]
+        terms = {}
+        for variant in ("base", "refined"):
+            w = weights[f"face_patch_{variant}"]
+            if w <= 0:
+                continue
+            scales = state.scales[variant]
+            gaussians = Gaussians(state.means[variant], scales, scales.new_ones(scales.shape[0]))
+            r = self.renderer.render(gaussians, patch_camera,
+                                     {"rgb": ChannelGroup(state.rgb[variant])},
+                                     RenderSettings(depth=False))
+            loss_map = self._image_loss_map(r["rgb"] + target * (1 - r["alpha"]), target)
+            terms[f"face_patch_{variant}"] = (weighted_mean(loss_map, None), w)
         return terms
 
     def _geometry_terms(self, r: dict, batch: dict, variant: str, weights: dict) -> dict:

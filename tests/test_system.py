@@ -187,3 +187,27 @@ def test_silhouette_targets_follow_the_occlusion_switch(tiny_subject: Path):
         assert all(float(value) == 0.0 for value, _ in terms.values()), switch
         terms = system._silhouette_terms(render_of(other), record.pose, record.camera, weights)
         assert float(terms["eye_mask"][0]) > 0.0, switch
+
+
+def test_face_patch_terms_on_the_input_image_only(tiny_subject: Path):
+    """model.losses.face_patch > 0: the input image adds face_patch_base / _refined at the
+    table's weights (x the variant's image weight); generated frames add none."""
+    from persona.data.datamodule import collate_frames
+
+    dm = PersonaDataModule(str(tiny_subject), epoch_length=3, seed=3, resolution_scale=0.5)
+    system = PersonaSystem(**{**FAST_MODEL, "losses": LossWeights(lpips=0.0, face_patch=0.1,
+                                                                   face_patch_size=32)})
+    system.build_from_datamodule(dm)
+    logged: dict[str, float] = {}
+    system.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    dataset = dm.train_dataset()
+    sample = dataset[dm.input_rows[0]]
+    assert sample["image"].shape[:2] == (80, 48)  # training size
+    assert sample["image_native"].shape[:2] == (160, 96)  # the face patch crops this
+    system.training_step(collate_frames([sample]), 0)
+    assert logged["train/weight/face_patch_base"] == pytest.approx(0.1)
+    assert logged["train/weight/face_patch_refined"] == pytest.approx(0.01)
+    assert 0.0 < logged["train/loss/face_patch_base"] < 1.0
+    logged.clear()
+    system.training_step(collate_frames([dataset[dm.generated_rows[0]]]), 1)
+    assert not any("face_patch" in k for k in logged)

@@ -98,7 +98,7 @@ class SubjectFrames(Dataset):
         if expression.numel() != self.num_expression:
             raise ValueError(f"{record.paths.smplx}: expression has {expression.numel()} "
                              f"coefficients, subject.json says {self.num_expression}")
-        return {
+        sample = {
             "image": resize_map(maps["image"], width, height, "area"),  # [h, w, 3]
             "mask": resize_map(maps["mask"], width, height, "area"),  # [h, w, 1]
             "depth": resize_map(maps["depth"], width, height, "nearest"),  # [h, w, 1]
@@ -120,6 +120,11 @@ class SubjectFrames(Dataset):
             "height": height,
             "width": width,
         }
+        if record.is_input:  # the face patch loss crops the input image at native resolution
+            sample["image_native"] = torch.from_numpy(np.ascontiguousarray(maps["image"])
+                                                      ).float()  # [H, W, 3]
+            sample["K_native"] = record.camera.K  # [3, 3]
+        return sample
 
 
 def collate_frames(samples: list[dict[str, Any]]) -> dict[str, Any]:

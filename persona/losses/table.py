@@ -36,6 +36,12 @@ class LossWeights:
     albedo_base: float = 1.0  # base render vs albedo, input image only
     rgb_aux_refined: float = 1.0  # rgb_aux render vs image, generated frames only
     seam_distill: float = 1.0  # rgb vs rgb_aux inside seams, input image only
+    # Face patch of the input image (the authors' chain super-resolves it; here native
+    # resolution): the image loss of a face crop rendered at face_patch_size, times this x the
+    # variant's image weight; input image only. 0 = off (persona/losses/face_patch.py).
+    face_patch: float = 0.1
+    face_patch_size: int = 256  # px, side of the square face patch (METHOD.md section 6)
+    face_patch_margin: float = 1.2  # the face's projected box is enlarged by this
     # Geometry terms: mask always 1; depth/normal/seg scaled by the split's geometry weight.
     mask: float = 1.0  # |alpha - mask|, base and refined, both splits
     geometry_input: float = 0.1  # geometry weight w on the input image
@@ -91,6 +97,8 @@ def term_weights(weights: LossWeights, is_input: bool) -> dict[str, float]:
         "albedo_base": weights.albedo_base if is_input else 0.0,
         "rgb_aux_refined": 0.0 if is_input else weights.rgb_aux_refined,
         "seam_distill": weights.seam_distill if is_input else 0.0,
+        "face_patch_base": weights.face_patch * weights.image_base if is_input else 0.0,
+        "face_patch_refined": weights.face_patch * weights.image_refined if is_input else 0.0,
         "hand_mask": 0.0 if is_input else weights.hand_mask,
         "eye_mask": weights.eye_mask,
         "lap_mean": weights.lap_mean,

@@ -21,6 +21,8 @@ EXPECTED = {
     "seg_refined": (0.1, 1.0),
     "rgb_aux_refined": (0.0, 1.0),
     "seam_distill": (1.0, 0.0),
+    "face_patch_base": (0.1, 0.0),  # face_patch 0.1 x image_base 1, input image only
+    "face_patch_refined": (0.01, 0.0),  # face_patch 0.1 x image_refined 0.1
     "hand_mask": (0.0, 50.0),
     "eye_mask": (1.0, 1.0),
     "lap_mean": (1e5, 1e5),
