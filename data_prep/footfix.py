@@ -57,14 +57,13 @@ from data_prep.stage import (
     PrepData,
     PrepStage,
     keypoints_relpath,
+    load_subject_body,
     read_keypoints,
     split_frame_indices,
 )
 from persona.body.lbs import batch_rodrigues, make_transform, rigid_chain
-from persona.body.loader import load_body
 from persona.body.model import BodyModel
 from persona.body.types import SMPLX_JOINT_NAMES, Identity, PoseParams
-from persona.data.datamodule import body_spec_from_config
 from persona.data.subject import (
     SMPLX_POSE_KEYS,
     FramePaths,
@@ -73,8 +72,6 @@ from persona.data.subject import (
     is_generated,
     list_splits,
     pose_from_json,
-    read_identity,
-    read_subject_config,
 )
 from persona.render.types import Camera
 
@@ -90,7 +87,6 @@ BODY_POSE_START = SMPLX_POSE_KEYS[BODY_POSE_KEY][0]  # full_pose index of body_p
 MARKER_TEMPLATE = "{split}/smplx_optimized/footfix.json"  # written last: the split is done
 KEYPOINTS_CONFIG = "configs/prep/keypoints.yaml"  # the stage that writes {split}/keypoints
 GENERATE_CONFIG = "configs/prep/generate.yaml"  # the stage that writes params and cameras
-SHAPE_FILE = "smplx_optimized/shape_param.json"  # the fitted shape (fit stage)
 
 
 @dataclass
@@ -528,13 +524,7 @@ class FootFixStage(PrepStage):
 
     def setup(self, stage: str) -> None:
         self.subject = Path(self.trainer.datamodule.subject_dir)
-        for needed, writer in ((SHAPE_FILE, "fit.yaml"), ("subject.json", "`persona prep init`")):
-            if not (self.subject / needed).is_file():
-                raise FileNotFoundError(f"{self.subject / needed} is missing: run {writer} "
-                                        "first (docs/PREPROCESSING.md)")
-        self.body_config = read_subject_config(self.subject).get("body", {})
-        self.body = load_body(body_spec_from_config(self.body_config))  # moved by Lightning
-        self.identity = read_identity(self.subject)
+        self.body, self.identity, self.body_config = load_subject_body(self.subject)
         self.table = landmark_table(self.body)
 
     def process(self, item: dict[str, Any]) -> dict[str, Any]:

@@ -41,19 +41,16 @@ from data_prep.stage import (
     PrepData,
     PrepStage,
     keypoints_relpath,
+    load_subject_body,
     read_keypoints,
     read_mask_bool,
     read_rgb_uint8,
 )
-from persona.body.loader import load_body
-from persona.data.datamodule import body_spec_from_config
 from persona.data.motions import VIRTUAL_HEIGHT, VIRTUAL_WIDTH, resolve_motion
 from persona.data.subject import (
     FRAME_LIST_NAME,
     FramePaths,
     generated_split,
-    read_identity,
-    read_subject_config,
 )
 
 DEFAULT_MOTIONS = ("dance", "rotation", "punches", "kicks")  # METHOD.md section 8 library
@@ -62,7 +59,6 @@ ALIGN_KEYPOINTS = tuple(range(17))  # COCO-WholeBody body keypoints used to plac
 ALIGN_MIN_SCORE = 0.3  # detected keypoints below this score are not used for the alignment
 MIN_ALIGN_POINTS = 2  # a scale and a shift need at least two points
 FRAME_LIST_TEMPLATE = "{split}/" + FRAME_LIST_NAME
-SHAPE_FILE = "smplx_optimized/shape_param.json"  # the fitted shape (fit stage)
 
 
 def fit_scale_shift(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray]:
@@ -171,20 +167,12 @@ class GenerateVideosStage(PrepStage):
         self.frame_stride = frame_stride
         self.save_pose_frames = save_pose_frames
         self.generator: MimicMotionGenerator | None = None  # loaded in setup (big weights)
-        self.subject: Path | None = None
 
     def make_dataset(self, data: PrepData) -> Dataset:
         return MotionItems(data.subject_dir, self.motions, data.overwrite)
 
     def setup(self, stage: str) -> None:
-        self.subject = Path(self.trainer.datamodule.subject_dir)
-        for needed, stage in ((SHAPE_FILE, "fit.yaml"), ("subject.json", "`persona prep init`")):
-            if not (self.subject / needed).is_file():
-                raise FileNotFoundError(f"{self.subject / needed} is missing: run {stage} first "
-                                        "(docs/PREPROCESSING.md)")
-        body_config = read_subject_config(self.subject).get("body", {})
-        self.body = load_body(body_spec_from_config(body_config))
-        self.identity = read_identity(self.subject)
+        self.body, self.identity, _ = load_subject_body(self.trainer.datamodule.subject_dir)
         if self.generator is None:
             settings = asdict(self.config)
             if settings["device"] == "auto":  # the device Lightning gave this rank (DDP)

@@ -43,7 +43,6 @@ NUM_HAND = 21  # keypoints per hand (COCO-WholeBody / DWPose)
 NUM_FACE = 68  # iBUG-68 face keypoints
 SMPLX_NUM_VERTICES = 10475  # the real SMPL-X mesh
 HAND_ROOT_EXTENSION = 1.1  # hand root = elbow + 1.1 (wrist - elbow) (PREPROCESSING.md 4.4)
-NECK_SCORE_THRESHOLD = 0.3  # DWPose: neck score = (s_Lsho > 0.3 and s_Rsho > 0.3) (4.1)
 
 OFFICIAL_SOURCE = "official SMPL-X vertex ids"
 DERIVED_SOURCE = "derived from geometry and skinning weights"
@@ -96,8 +95,6 @@ COCO_LEFT_ELBOW, COCO_RIGHT_ELBOW = 7, 8
 COCO_LEFT_WRIST, COCO_RIGHT_WRIST = 9, 10
 COCO_LEFT_HIP, COCO_RIGHT_HIP = 11, 12
 # OpenPose-18 index -> COCO index; the neck (1) is the shoulder midpoint (PREPROCESSING.md 1.8).
-OPENPOSE_FROM_COCO: tuple[int, ...] = (0, -1, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
-OPENPOSE_NECK = 1
 
 # Derived vertex joints (open and procedural bodies). All in the zero pose, body frame (metres,
 # y up, facing +z). Chosen for this project; the numbers are geometry heuristics, not SMPL-X's.
@@ -344,18 +341,3 @@ def with_hand_roots(coco: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
         coco[..., root, :] = hand_root(coco[..., elbow, :], coco[..., wrist, :])
         valid[root] = valid[elbow] and valid[wrist]
     return coco, valid
-
-
-def to_openpose18(keypoints: np.ndarray) -> np.ndarray:
-    """COCO-WholeBody [..., 133, 3] (x, y, score) -> OpenPose-18 [..., 18, 3] (DWPose order,
-    PREPROCESSING.md 1.8 / 4.1): neck = shoulder midpoint, its score = (s_L > 0.3) * (s_R > 0.3).
-    """
-    keypoints = np.asarray(keypoints)
-    index = np.array([max(i, 0) for i in OPENPOSE_FROM_COCO])
-    out = keypoints[..., index, :].copy()  # [..., 18, 3]
-    left = keypoints[..., COCO_LEFT_SHOULDER, :]
-    right = keypoints[..., COCO_RIGHT_SHOULDER, :]
-    out[..., OPENPOSE_NECK, :2] = 0.5 * (left[..., :2] + right[..., :2])
-    out[..., OPENPOSE_NECK, 2] = ((left[..., 2] > NECK_SCORE_THRESHOLD)
-                                  & (right[..., 2] > NECK_SCORE_THRESHOLD)).astype(out.dtype)
-    return out

@@ -29,10 +29,6 @@ BODY_SCORE_THRESHOLD = 0.3  # subset -1 and limbs skipped below this score [1.8,
 NECK_SCORE_THRESHOLD = 0.3  # neck score = both shoulders above this [1.8]
 COCO_LEFT_SHOULDER = 5  # COCO-WholeBody index [4.2]
 COCO_RIGHT_SHOULDER = 6  # COCO-WholeBody index [4.2]
-COCO_LEFT_ELBOW, COCO_RIGHT_ELBOW = 7, 8  # COCO-WholeBody indices [4.2]
-COCO_LEFT_WRIST, COCO_RIGHT_WRIST = 9, 10  # COCO-WholeBody indices [4.2]
-COCO_LEFT_HAND_ROOT, COCO_RIGHT_HAND_ROOT = 91, 112  # hand roots; no SMPL-X joint [4.2, 4.4]
-HAND_ROOT_EXTEND = 1.1  # PERSONA: hand root = elbow + 1.1 * (wrist - elbow) [4.4]
 NECK_INSERT_INDEX = 17  # the neck is inserted at index 17 of the 133 points -> 134 [1.8]
 # new[:, REORDER_DST] = new[:, REORDER_SRC] turns the 134 points into OpenPose body order [1.8]
 REORDER_DST = (1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17)
@@ -156,20 +152,6 @@ def coco133_to_dwpose(kpts: np.ndarray, height: int, width: int) -> DWPose:
         faces=xy[:, FACE_SLICE],
         faces_score=score[:, FACE_SLICE],
     )
-
-
-def hand_roots_from_arms(kpts: np.ndarray) -> np.ndarray:
-    """Fill the two COCO-WholeBody hand roots (91, 112) of keypoints projected from SMPL-X,
-    which has no such joint, as PERSONA does: elbow + 1.1 * (wrist - elbow) (section 4.4).
-
-    kpts: [133, 3] (x, y, score); the root score is kept as given (PERSONA takes scores from
-    the Sapiens keypoints of the driving video). Returns a new array.
-    """
-    out = np.array(kpts, dtype=np.float64, copy=True)
-    for root, elbow, wrist in ((COCO_LEFT_HAND_ROOT, COCO_LEFT_ELBOW, COCO_LEFT_WRIST),
-                               (COCO_RIGHT_HAND_ROOT, COCO_RIGHT_ELBOW, COCO_RIGHT_WRIST)):
-        out[root, :2] = out[elbow, :2] + HAND_ROOT_EXTEND * (out[wrist, :2] - out[elbow, :2])
-    return out
 
 
 def _scaled_color(color: Sequence[int], *factors: float) -> list[int]:

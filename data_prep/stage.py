@@ -32,6 +32,8 @@ from persona.data.subject import (
     FRAME_LIST_NAME,
     FramePaths,
     list_splits,
+    read_identity,
+    read_subject_config,
     write_frame_list,
     write_json,
     write_npy,
@@ -44,6 +46,7 @@ KEYPOINT_COLUMNS = 3  # x, y (pixels, centres at integer + 0.5), score
 MASK_ON = 255  # docs/SUBJECT_FORMAT.md: masks are mode L, 255 = person
 MASK_THRESHOLD = 128  # an 8-bit mask pixel >= this reads as person
 IMAGE_GLOB = "*.png"  # docs/SUBJECT_FORMAT.md: images/{i}.png
+SHAPE_RELPATH = "smplx_optimized/shape_param.json"  # the fitted shape (fit stage)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,6 +140,23 @@ def read_mask_bool(path: str | Path) -> np.ndarray:
     """8-bit mask PNG -> bool [H, W] (pixel >= 128 is person)."""
     with Image.open(path) as image:
         return np.asarray(image.convert("L"), dtype=np.uint8) >= MASK_THRESHOLD
+
+
+def load_subject_body(root: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The subject's body (``subject.json``) and fitted identity
+    (``smplx_optimized/shape_param.json``): (BodyModel, Identity, subject.json's body section).
+    A missing file is an error naming it and the stage that writes it."""
+    from persona.body.loader import load_body
+    from persona.data.datamodule import body_spec_from_config
+
+    root = Path(root)
+    for needed, writer in ((SHAPE_RELPATH, "configs/prep/fit.yaml"),
+                           ("subject.json", "`persona prep init`")):
+        if not (root / needed).is_file():
+            raise FileNotFoundError(f"{root / needed} is missing: run {writer} first "
+                                    "(docs/PREPROCESSING.md)")
+    body_config = read_subject_config(root).get("body", {})
+    return load_body(body_spec_from_config(body_config)), read_identity(root), body_config
 
 
 def output_relpath(template: str, split: str, index: int) -> str:

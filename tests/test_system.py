@@ -157,7 +157,7 @@ def test_test_pose_fitting_realigns_a_perturbed_pose(tiny_subject: Path):
 
 def test_silhouette_targets_follow_the_occlusion_switch(tiny_subject: Path):
     """With losses.mask_occlusion the hand/eye targets are the z-buffered labels of the whole
-    mesh; with 0 the regions' faces alone. A render equal to the target scores 0, the other 1."""
+    mesh; with 0 the regions' faces alone. A render equal to the target scores 0, the other > 0."""
     from persona.render.silhouette import rasterize_labels, rasterize_silhouette
 
     dm = _datamodule(tiny_subject)

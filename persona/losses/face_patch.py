@@ -1,4 +1,4 @@
-"""The face patch of the input image (METHOD.md section 6: "a 256^2 super-resolved face patch of
+"""The face patch of the input image (METHOD.md section 5: "a 256^2 super-resolved face patch of
 the input image adds patch losses x0.1 (optional)").
 
 The authors super-resolve the face crop with ResShift; no SR model is used here, so the patch is

@@ -40,7 +40,7 @@ class LossWeights:
     # resolution): the image loss of a face crop rendered at face_patch_size, times this x the
     # variant's image weight; input image only. 0 = off (persona/losses/face_patch.py).
     face_patch: float = 0.1
-    face_patch_size: int = 256  # px, side of the square face patch (METHOD.md section 6)
+    face_patch_size: int = 256  # px, side of the square face patch (METHOD.md section 5)
     face_patch_margin: float = 1.2  # the face's projected box is enlarged by this
     # Geometry terms: mask always 1; depth/normal/seg scaled by the split's geometry weight.
     mask: float = 1.0  # |alpha - mask|, base and refined, both splits

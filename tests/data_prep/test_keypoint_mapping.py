@@ -22,7 +22,6 @@ from data_prep.keypoints import (
     landmark_table,
     read_landmark_embedding,
     smplx_to_coco133,
-    to_openpose18,
     with_hand_roots,
 )
 from data_prep.pose_draw import coco133_to_dwpose
@@ -107,20 +106,18 @@ def _dwpose_reference_body(coco: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("scores", [(0.9, 0.8), (0.9, 0.2), (0.1, 0.9)])
-def test_to_openpose18_matches_dwpose_recipe(scores):
+def test_openpose18_body_matches_dwpose_recipe(scores):
+    """coco133_to_dwpose's body (what the pose videos draw) against DWPose's own recipe."""
     rng = np.random.default_rng(0)
     coco = np.concatenate([rng.uniform(0, 500, (133, 2)), rng.uniform(0.5, 1, (133, 1))], 1)
     coco[5, 2], coco[6, 2] = scores
-    out = to_openpose18(coco)
+    dw = coco133_to_dwpose(coco, height=1.0, width=1.0)  # pixels: normalised by 1
+    out = np.concatenate([dw.body, dw.body_score[0][:, None]], 1)  # [18, 3]
     np.testing.assert_allclose(out, _dwpose_reference_body(coco))
     np.testing.assert_allclose(out[1, :2], 0.5 * (coco[5, :2] + coco[6, :2]))  # neck
     assert out[1, 2] == float(scores[0] > 0.3 and scores[1] > 0.3)
-    assert to_openpose18(np.stack([coco, coco])).shape == (2, 18, 3)
     # Named spot checks (OpenPose: 2 RShoulder <- COCO 6, 15 LEye <- COCO 1, 17 LEar <- COCO 3).
     np.testing.assert_allclose(out[[2, 15, 17]], coco[[6, 1, 3]])
-    # The pose_draw helper (another helper's code) agrees on the body, in pixels.
-    dw = coco133_to_dwpose(coco, height=1.0, width=1.0)
-    np.testing.assert_allclose(dw.body, out[:, :2])
 
 
 def test_hand_root_formula_and_fill():
@@ -136,6 +133,13 @@ def test_hand_root_formula_and_fill():
     np.testing.assert_allclose(filled[112], [289.0, 145.0])
     assert ok[91] and not ok[112]  # the right wrist is invalid
     assert not valid[91]  # inputs untouched
+    k = np.zeros((133, 3))
+    k[7, :2], k[9, :2] = (10.0, 20.0), (20.0, 40.0)  # left elbow, left wrist
+    k[8, :2], k[10, :2] = (50.0, 50.0), (40.0, 50.0)  # right elbow, right wrist
+    out, _ = with_hand_roots(k, np.ones(133, dtype=bool))
+    np.testing.assert_allclose(out[91, :2], (21.0, 42.0))
+    np.testing.assert_allclose(out[112, :2], (39.0, 50.0))
+    assert (k[91] == 0).all()  # input untouched
 
 
 # ----------------------------------------------------------------------------------- landmarks

@@ -12,7 +12,6 @@ from data_prep.pose_draw import (
     coco133_to_dwpose,
     draw_pose,
     fit_alignment,
-    hand_roots_from_arms,
     subset_from_scores,
 )
 
@@ -175,13 +174,3 @@ def test_alignment_needs_a_single_person_frame() -> None:
     ref = limb_pose(1.0, 1.0)
     with pytest.raises(ValueError, match="exactly one person"):
         fit_alignment(ref, [], (10, 10), (10, 10))
-
-
-def test_hand_roots_from_arms() -> None:
-    k = np.zeros((133, 3))
-    k[7, :2], k[9, :2] = (10.0, 20.0), (20.0, 40.0)  # left elbow, left wrist
-    k[8, :2], k[10, :2] = (50.0, 50.0), (40.0, 50.0)  # right elbow, right wrist
-    out = hand_roots_from_arms(k)
-    np.testing.assert_allclose(out[91, :2], (21.0, 42.0))
-    np.testing.assert_allclose(out[112, :2], (39.0, 50.0))
-    assert (k[91] == 0).all()  # input untouched

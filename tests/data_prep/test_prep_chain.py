@@ -251,7 +251,7 @@ def test_fit_stage_refuses_a_body_other_than_the_subjects(
     assert "model.init_args.checkpoint" in err and "dl.fbaipublicfiles.com" in err
     assert prep_main(["--config", str(CONFIGS / "generate.yaml"), "--data.subject_dir",
                       str(subject)]) == 1
-    assert "shape_param.json is missing: run fit.yaml first" in capsys.readouterr().err
+    assert "shape_param.json is missing: run configs/prep/fit.yaml first" in capsys.readouterr().err
     # a second init into the same folder is refused, and the photo must be an image
     assert prep_main(["init", str(photo), str(subject)]) == 1
     (tmp_path / "bad.png").write_text("not an image")
