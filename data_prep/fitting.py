@@ -58,6 +58,7 @@ from persona.body.types import (
 from persona.data.datamodule import body_spec_from_config
 from persona.data.motions import UPRIGHT_IN_CAMERA, VIRTUAL_FOCAL, VIRTUAL_HEIGHT
 from persona.data.subject import camera_to_json, pose_to_json, read_subject_config
+from persona.render.projection import project_points as shared_project_points
 from persona.render.types import Camera
 
 REFERENCE_HEIGHT = 1024.0  # px: residuals are rescaled to this image height (METHOD.md 8 camera)
@@ -118,12 +119,7 @@ def fitting_camera(width: int, height: int, focal: float | None = None) -> Camer
 def project_points(points: Tensor, camera: Camera) -> Tensor:
     """World points [..., N, 3] -> pixels [..., N, 2] (u = fx x / z + cx, centres at int + 0.5).
     """
-    R = camera.R.to(points)
-    cam = points @ R.T + camera.t.to(points)  # [..., N, 3]
-    z = cam[..., 2:3].clamp(min=MIN_DEPTH)
-    K = camera.K.to(points)
-    return torch.cat([K[0, 0] * cam[..., 0:1] / z + K[0, 2],
-                      K[1, 1] * cam[..., 1:2] / z + K[1, 2]], dim=-1)
+    return shared_project_points(points, camera, MIN_DEPTH)[0]
 
 
 def geman_mcclure(squared: Tensor, sigma: float) -> Tensor:

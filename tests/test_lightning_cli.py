@@ -124,3 +124,20 @@ def test_a_second_fit_into_the_same_run_replaces_last_ckpt(fitted_run: Path):
                  "--trainer.max_epochs", "1", "--data.epoch_length", "2"]) == 0
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
     assert ckpt.stat().st_mtime_ns > before
+
+
+def test_renderer_by_class_path_builds_and_names_still_work(tmp_path: Path):
+    """model.renderer takes a LightningCLI class_path (with init_args) as well as a name."""
+    from persona.lightning_cli import run_lightning_cli
+    from persona.render import TorchRenderer, make_renderer
+
+    common = ["--config", TINY, "--data.subject_dir", str(tmp_path / "unused"),
+              "--trainer.logger", "false"]
+    cli = run_lightning_cli(common + ["--model.renderer", '{"class_path": '
+                                      '"persona.render.TorchRenderer", "init_args": '
+                                      '{"max_alpha": 0.9}}'], run=False)
+    renderer = make_renderer(cli.model.renderer_choice)
+    assert isinstance(renderer, TorchRenderer) and renderer.max_alpha == 0.9
+    assert cli.model.hparams["renderer"]["class_path"] == "persona.render.TorchRenderer"
+    cli = run_lightning_cli(common, run=False)
+    assert cli.model.renderer_choice == "torch"

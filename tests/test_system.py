@@ -167,10 +167,10 @@ def test_silhouette_targets_follow_the_occlusion_switch(tiny_subject: Path):
     weights = {"hand_mask": 1.0, "eye_mask": 1.0}
     with torch.no_grad():
         vertices = system.body(system.identity, record.pose)[0]
-    labels = rasterize_labels(vertices, system.body.faces, system._aux["face_labels"],
+    labels = rasterize_labels(vertices, system.body.faces, system.frozen.face_labels,
                               record.camera)
     occluded = {"hand_mask": (labels == 1).float(), "eye_mask": (labels == 2).float()}
-    regions = system._aux["region_faces"]
+    regions = system.frozen.region_faces
     alone = {k: rasterize_silhouette(vertices, regions[k], record.camera) for k in occluded}
     assert occluded["hand_mask"].sum() > 0
     assert (alone["eye_mask"] - occluded["eye_mask"]).sum() > 0  # eyeballs under the lids

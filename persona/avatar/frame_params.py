@@ -1,10 +1,24 @@
-"""Per-frame SMPL-X parameters, optimised jointly with the avatar (METHOD.md section 7).
+"""Per-frame SMPL-X parameters, optimised jointly with the avatar (METHOD.md sections 7 and 12).
 
 Rotations are stored in the continuous 6D representation (first two rows of the matrix) and
 returned as axis-angle ``PoseParams`` in SMPL-X joint order.
+
+Layout (the authors'): one ``nn.Parameter`` per (field, frame). A frame that is not in the batch
+gets no gradient (``.grad`` stays None after ``zero_grad(set_to_none=True)``, Lightning's
+default), so Adam skips it: its parameters and its Adam state do not move, and each parameter
+keeps its own Adam step count. One shared [F, ...] tensor per field would instead let Adam's
+momentum move every frame on every step.
+
+State-dict keys: ``<field>.<frame>`` (e.g. ``root.3``: [6], ``body.3``: [21, 6]) when learnable,
+``<field>`` ([F, ...]) as buffers. Either layout loads into either kind of module (a load
+pre-hook splits or stacks the tensors), so checkpoints written before the per-frame layout
+(``<field>`` [F, ...] parameters) still load; their optimiser state does not (resume them
+without it).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,14 +46,16 @@ ROTATION_FIELDS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("right_hand", RIGHT_HAND_JOINTS),
 )
 HAND_FIELDS = ("left_hand", "right_hand")
+FIELDS: tuple[str, ...] = (*(name for name, _ in ROTATION_FIELDS), "expression", "transl")
 
 
 class FrameParams(nn.Module):
-    """SMPL-X pose, expression and translation of every frame (F rows).
+    """SMPL-X pose, expression and translation of every frame (F frames).
 
-    Tensors: root [F, 6], body [F, 21, 6], jaw [F, 6], eyes [F, 2, 6], left_hand [F, 15, 6],
-    right_hand [F, 15, 6], expression [F, E], transl [F, 3]. With ``learnable=False`` they are
-    buffers (kept in checkpoints, never optimised).
+    Per frame: root [6], body [21, 6], jaw [6], eyes [2, 6], left_hand [15, 6], right_hand
+    [15, 6], expression [E], transl [3]; one Parameter each (``self.<field>[frame]`` of an
+    ``nn.ParameterList``). With ``learnable=False`` each field is one [F, ...] buffer (kept in
+    checkpoints, never optimised).
     """
 
     def __init__(
@@ -50,57 +66,96 @@ class FrameParams(nn.Module):
         super().__init__()
         init_pose.validate("FrameParams.init_pose")
         self.learnable = learnable
-        rotations_6d = axis_angle_to_rotation_6d(init_pose.full_pose.detach().float())  # [F,55,6]
-        values: dict[str, Tensor] = {}
-        for name, joints in ROTATION_FIELDS:
-            block = rotations_6d[:, list(joints)]  # [F, J, 6]
-            values[name] = block[:, 0] if len(joints) == 1 else block
-        values["expression"] = init_pose.expression.detach().float()
-        values["transl"] = init_pose.transl.detach().float()
-        for name, value in values.items():
+        self._num_frames = init_pose.batch_size
+        for name, value in initial_values(init_pose).items():
             if learnable:
-                setattr(self, name, nn.Parameter(value.clone()))
+                setattr(self, name, nn.ParameterList(
+                    [nn.Parameter(row.clone()) for row in value.unbind(0)]))
             else:
                 self.register_buffer(name, value.clone())
+        self.register_load_state_dict_pre_hook(_convert_layout)
 
     @property
     def num_frames(self) -> int:
-        return self.transl.shape[0]
+        return self._num_frames
 
-    def _check_frame_id(self, frame_id: Tensor) -> None:
+    def _rows(self, frame_id: Tensor) -> list[int]:
+        """Checked frame ids as a list (one host sync per call)."""
         if frame_id.ndim != 1 or frame_id.dtype != torch.long:
             raise ValueError(f"FrameParams: frame_id must be a long tensor [B], "
                              f"got {frame_id.dtype} {list(frame_id.shape)}")
-        if frame_id.numel() and (int(frame_id.min()) < 0
-                                 or int(frame_id.max()) >= self.num_frames):
-            raise ValueError(f"FrameParams: frame_id out of range [0, {self.num_frames}): "
-                             f"{frame_id.tolist()}")
+        rows = frame_id.tolist()
+        if any(row < 0 or row >= self.num_frames for row in rows):
+            raise ValueError(f"FrameParams: frame_id out of range [0, {self.num_frames}): {rows}")
+        return rows
 
-    def rotations_6d(self, frame_id: Tensor) -> Tensor:
-        """All 55 joint rotations of the frames, 6D, SMPL-X order. Returns [B, 55, 6]."""
-        self._check_frame_id(frame_id)
+    def _gather(self, name: str, frame_id: Tensor, rows: list[int]) -> Tensor:
+        """One field of the frames, stacked: [B, ...] (only those frames enter the graph)."""
+        storage = getattr(self, name)
+        if isinstance(storage, Tensor):  # buffers
+            return storage[frame_id]
+        return torch.stack([storage[row] for row in rows])
+
+    def field(self, name: str, frame_id: Tensor) -> Tensor:
+        """One field (see FIELDS) of the frames frame_id [B] long. Returns [B, ...]."""
+        return self._gather(name, frame_id, self._rows(frame_id))
+
+    def _rotations_6d(self, frame_id: Tensor, rows: list[int]) -> Tensor:
         blocks = []
         for name, joints in ROTATION_FIELDS:
-            value = getattr(self, name)[frame_id]
+            value = self._gather(name, frame_id, rows)  # [B, 6] or [B, J, 6]
             blocks.append(value[:, None] if len(joints) == 1 else value)
         rotations = torch.cat(blocks, dim=1)
         assert rotations.shape[1] == NUM_JOINTS
         return rotations
 
+    def rotations_6d(self, frame_id: Tensor) -> Tensor:
+        """All 55 joint rotations of the frames, 6D, SMPL-X order. Returns [B, 55, 6]."""
+        return self._rotations_6d(frame_id, self._rows(frame_id))
+
     def body_pose_6d(self, frame_id: Tensor) -> Tensor:
         """The 21 body joints' 6D rotations (the deformer's input). Returns [B, 21, 6]."""
-        self._check_frame_id(frame_id)
-        return self.body[frame_id]
+        return self.field("body", frame_id)
 
     def forward(self, frame_id: Tensor) -> PoseParams:
         """frame_id [B] long -> PoseParams (full_pose [B, 55, 3] axis-angle, expression, transl)."""
-        full_pose = rotation_6d_to_axis_angle(self.rotations_6d(frame_id))  # [B, 55, 3]
-        return PoseParams(full_pose, self.expression[frame_id], self.transl[frame_id])
+        rows = self._rows(frame_id)
+        full_pose = rotation_6d_to_axis_angle(self._rotations_6d(frame_id, rows))  # [B, 55, 3]
+        return PoseParams(full_pose, self._gather("expression", frame_id, rows),
+                          self._gather("transl", frame_id, rows))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """"frame_hands" (finger rotations) and "frame_other" (the rest); empty when frozen."""
+        """"frame_hands" (finger rotations of every frame) and "frame_other" (the rest); one
+        Parameter per (field, frame). Empty when frozen."""
         if not self.learnable:
             return {"frame_hands": [], "frame_other": []}
-        hands = [getattr(self, name) for name in HAND_FIELDS]
-        other = [param for name, param in self.named_parameters() if name not in HAND_FIELDS]
+        hands = [p for name in HAND_FIELDS for p in getattr(self, name)]
+        other = [p for name in FIELDS if name not in HAND_FIELDS for p in getattr(self, name)]
         return {"frame_hands": hands, "frame_other": other}
+
+
+def initial_values(pose: PoseParams) -> dict[str, Tensor]:
+    """The stored fields of F frames, stacked: root [F, 6], body [F, 21, 6], ..., transl [F, 3]."""
+    rotations_6d = axis_angle_to_rotation_6d(pose.full_pose.detach().float())  # [F, 55, 6]
+    values: dict[str, Tensor] = {}
+    for name, joints in ROTATION_FIELDS:
+        block = rotations_6d[:, list(joints)]  # [F, J, 6]
+        values[name] = block[:, 0] if len(joints) == 1 else block
+    values["expression"] = pose.expression.detach().float()
+    values["transl"] = pose.transl.detach().float()
+    return values
+
+
+def _convert_layout(module: FrameParams, state_dict: dict[str, Any], prefix: str,
+                    *_: Any) -> None:
+    """Load pre-hook: split stacked `<field>` [F, ...] tensors into `<field>.<i>` for a learnable
+    module, or stack `<field>.<i>` into `<field>` for a frozen one (in place)."""
+    for name in FIELDS:
+        stacked_key = f"{prefix}{name}"
+        frame_keys = [f"{prefix}{name}.{i}" for i in range(module.num_frames)]
+        if module.learnable and stacked_key in state_dict:
+            stacked = state_dict.pop(stacked_key)
+            for i in range(stacked.shape[0]):
+                state_dict[f"{prefix}{name}.{i}"] = stacked[i]
+        elif not module.learnable and all(key in state_dict for key in frame_keys):
+            state_dict[stacked_key] = torch.stack([state_dict.pop(key) for key in frame_keys])

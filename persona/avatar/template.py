@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from persona.body.model import BodyModel
+from persona.body.regions import FACE_EXPR, expression_regions
 from persona.body.types import JAW_JOINT, Identity, PoseParams
-from persona.ops.mesh import apply_laplacian, region_ring, uniform_laplacian
+from persona.ops.mesh import apply_laplacian, mesh_edges, region_ring, uniform_laplacian
 
 # Triplane positions are template positions divided by this length (METHOD.md section 3: 1 m).
 TRIPLANE_UNIT_METRES = 1.0
@@ -22,8 +23,12 @@ DEFAULT_JAW_OPEN_ANGLE = 1.0 / 3.0
 FACE_BOUNDARY = "face_boundary"
 # Key of the derived region: vertices just outside the mouth interior (the mouth colour target).
 MOUTH_RING = "mouth_ring"
-# Regions where the pose deformer's offsets are zero (METHOD.md section 3); stored as "no_deform".
-DEFORMER_ZERO_REGIONS = ("hands", "face", "eyes")
+# Regions where the pose deformer's offsets are zero (METHOD.md section 12: hands, eyes and the
+# frontal expression face; scalp, hair and the back of the head deform); stored as "no_deform".
+# The face part is `no_deform_face` of build_avatar_template: "face_expr" (the authors) or "face"
+# (the whole FLAME head, our earlier mask).
+DEFORMER_ZERO_REGIONS = ("hands", "eyes")
+NO_DEFORM_FACE_CHOICES = (FACE_EXPR, "face")
 NO_DEFORM = "no_deform"
 # Regions that keep the template's skinning weights instead of the skinning field (METHOD.md
 # section 2: hands and face; the eyeballs belong to FLAME's face region, so they are included).
@@ -49,6 +54,8 @@ class AvatarTemplate:
     laplacian: Tensor  # sparse [N, N] uniform Laplacian of the subdivided mesh
     original_laplacian: Tensor  # sparse [V0, V0] uniform Laplacian of the original mesh
     template_laplacian_targets: Tensor | None = None  # [N, 3] laplacian @ canonical_vertices
+    median_edge_length: float = 0.0  # m, median edge of the subdivided big-pose mesh
+    original_median_edge_length: float = 0.0  # m, median edge of the original topology
 
     @property
     def num_vertices(self) -> int:
@@ -56,7 +63,8 @@ class AvatarTemplate:
 
     @property
     def deformer_zero_mask(self) -> Tensor:
-        """[N] bool: hands, expression face and eyes, where pose offsets are zero."""
+        """[N] bool: hands, eyes and the frontal expression face (or the whole face, see
+        `no_deform_face`), where pose offsets are zero."""
         return self.region_masks[NO_DEFORM]
 
     def to(self, device: torch.device | str) -> AvatarTemplate:
@@ -76,6 +84,12 @@ def _union(regions: dict[str, Tensor], names: tuple[str, ...]) -> Tensor:
     for name in names:
         mask = mask | regions[name]
     return mask
+
+
+def median_edge_length(vertices: Tensor, faces: Tensor) -> float:
+    """Median edge length of a mesh: vertices [V, 3], faces [F, 3] -> metres."""
+    edges = mesh_edges(faces, vertices.shape[0])  # [E, 2]
+    return float((vertices[edges[:, 0]] - vertices[edges[:, 1]]).norm(dim=-1).median())
 
 
 def triplane_template_positions(body: BodyModel, jaw_open_angle: float) -> Tensor:
@@ -100,23 +114,33 @@ def build_avatar_template(
     subdivision_levels: int,  # midpoint subdivisions of the body mesh (METHOD.md: 2)
     jaw_open_angle: float = DEFAULT_JAW_OPEN_ANGLE,  # jaw opening of the triplane template (rad)
     laplacian_max_neighbours: int = LAPLACIAN_MAX_NEIGHBOURS,  # neighbours per Laplacian row
+    no_deform_face: str = FACE_EXPR,  # face part of no_deform: face_expr (authors) | face (ours)
 ) -> AvatarTemplate:
     """Subdivide the subject's big-pose body and carry the per-vertex attributes along.
 
     Skinning weights, the expression basis and the triplane positions are averaged at new
     vertices; region masks are re-binarised (a new vertex is in a region only if both parents
-    are). Derived on the subdivided mesh: ``face_boundary`` (the ring of vertices just outside
-    the expression face, for the Laplacian's per-region weights) and ``mouth_ring`` (the ring
-    just outside the mouth interior, whose mean colour is the mouth's target); and the unions
-    ``no_deform`` (hands | face | eyes: zero pose offsets) and ``keep_template_weights``
-    (hands | face | eyes: template skinning weights instead of the skinning field).
+    are). Derived on the body's own mesh (then subdivided like the others): ``face_expr`` (the
+    frontal expression face) and ``expr_boundary`` (the band inside it next to the rest of the
+    head; both `persona.body.regions.expression_regions`). Derived on the subdivided mesh:
+    ``face_boundary`` (the ring of vertices just outside the FLAME face) and ``mouth_ring`` (the
+    ring just outside the mouth interior, whose mean colour is the mouth's target); and the
+    unions ``no_deform`` (hands | eyes | face_expr, or | face with no_deform_face="face": zero
+    pose offsets) and ``keep_template_weights`` (hands | face | eyes: template skinning weights
+    instead of the skinning field).
     """
     if subdivision_levels < 0:
         raise ValueError(f"subdivision_levels: expected >= 0, got {subdivision_levels}")
+    if no_deform_face not in NO_DEFORM_FACE_CHOICES:
+        raise ValueError(f"no_deform_face: expected one of {NO_DEFORM_FACE_CHOICES}, "
+                         f"got {no_deform_face!r}")
     with torch.no_grad():
         canonical = body.canonical(identity).vertices.detach()  # [V0, 3]
         triplane = triplane_template_positions(body, jaw_open_angle).detach()  # [V0, 3]
     region_masks = {k: v.bool() for k, v in body.region_masks.items()}
+    rest_joints = body.J_regressor @ body.v_template  # [55, 3] zero betas
+    region_masks.update(expression_regions(body.v_template, body.faces.long(), body.lbs_weights,
+                                           rest_joints, body.exprdirs, region_masks["face"]))
     attributes: dict[str, Tensor] = {
         "lbs_weights": body.lbs_weights,
         "exprdirs": body.exprdirs,
@@ -137,7 +161,7 @@ def build_avatar_template(
     faces = faces.long()
     regions[FACE_BOUNDARY] = region_ring(regions["face"], faces)
     regions[MOUTH_RING] = region_ring(regions["mouth_interior"], faces)
-    regions[NO_DEFORM] = _union(regions, DEFORMER_ZERO_REGIONS)
+    regions[NO_DEFORM] = _union(regions, DEFORMER_ZERO_REGIONS + (no_deform_face,))
     regions[KEEP_TEMPLATE_WEIGHTS] = _union(regions, TEMPLATE_WEIGHT_REGIONS)
     lbs_weights = attributes["lbs_weights"]
     laplacian = uniform_laplacian(faces, vertices.shape[0], laplacian_max_neighbours)
@@ -155,4 +179,6 @@ def build_avatar_template(
         original_laplacian=uniform_laplacian(original_faces, body.num_vertices,
                                              laplacian_max_neighbours),
         template_laplacian_targets=apply_laplacian(laplacian, vertices),
+        median_edge_length=median_edge_length(vertices, faces),
+        original_median_edge_length=median_edge_length(canonical, original_faces),
     )

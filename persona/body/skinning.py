@@ -9,7 +9,11 @@ padding); finger channels are not diffused. Then clamp >= 0 and normalise to sum
 
 The lookup: each Gaussian samples the volume trilinearly at 13 points (its centre, +-1 sigma and
 +-2 sigma along x, y and z; weights 1, 0.5, 0.3; sigma detached), then clamp and L1-normalise.
-Hands and face keep their template weights (`combine_with_template`).
+Hands and face keep their template weights (`combine_with_template`). The lookup is
+differentiable in the query points (METHOD.md section 12: the authors query at the current
+canonical mean without detaching it, so `grid_sample` passes gradient into the mean offset);
+`field_skinning_weights(..., differentiable=False)` restores a detached lookup.
+`dominant_joint` is the argmax joint of looked-up weights (the 4-ring mask's joint).
 The paper's variant, `knn_skinning_weights`, averages the weights of the 16 nearest vertices.
 """
 
@@ -143,24 +147,28 @@ class SkinningField(nn.Module):
         """volume [55, G, G, G] indexed [joint, z, y, x]; bbox_min/bbox_max [3] (voxel-centre
         corners)."""
         super().__init__()
+        # float32 at least (a float16 cache is widened; float64 is kept, e.g. for gradient checks)
+        dtype = torch.promote_types(volume.dtype, torch.float32)
         # [1, 55, G, G, G], channels-last in memory: each trilinear corner then reads its 55
         # weights contiguously (3.7x faster grid_sample on CPU than channel-major).
-        volume = volume.float()[None].contiguous(memory_format=torch.channels_last_3d)
+        volume = volume.to(dtype)[None].contiguous(memory_format=torch.channels_last_3d)
         self.register_buffer("volume", volume)
-        self.register_buffer("bbox_min", bbox_min.float())
-        self.register_buffer("bbox_max", bbox_max.float())
+        self.register_buffer("bbox_min", bbox_min.to(dtype))
+        self.register_buffer("bbox_max", bbox_max.to(dtype))
 
     def sample(self, points: Tensor) -> Tensor:
-        """Trilinear samples at points [N, 3] -> [N, 55] (clamped at the bbox border)."""
+        """Trilinear samples at points [N, 3] -> [N, 55] (clamped at the bbox border);
+        differentiable in points (piecewise linear: the gradient jumps at voxel faces)."""
+        points = points.to(self.volume.dtype)
         normalised = 2.0 * (points - self.bbox_min) / (self.bbox_max - self.bbox_min) - 1.0
-        grid = normalised.reshape(1, 1, 1, -1, 3).to(self.volume.dtype)
+        grid = normalised.reshape(1, 1, 1, -1, 3)
         sampled = F.grid_sample(self.volume, grid, mode="bilinear", padding_mode="border",
                                 align_corners=True)  # [1, 55, 1, 1, N]
         return sampled.reshape(self.volume.shape[1], -1).T
 
     def query(self, points: Tensor, sigma: Tensor | None = None) -> Tensor:
         """13-point lookup. points [N, 3], sigma [N] (detached; None or 0 = centre only).
-        Returns [N, 55], >= 0, rows summing to 1."""
+        Returns [N, 55], >= 0, rows summing to 1; differentiable in points."""
         if sigma is None:
             blended = self.sample(points)
         else:
@@ -181,16 +189,27 @@ class SkinningField(nn.Module):
 
 
 def field_skinning_weights(field: SkinningField, points: Tensor, sigma: Tensor | None,
-                           template_weights: Tensor, keep: Tensor) -> Tensor:
+                           template_weights: Tensor, keep: Tensor,
+                           differentiable: bool = True) -> Tensor:
     """METHOD.md section 2 weights for Gaussians: the 13-point lookup for points [N,3] with
-    sigma [N], except rows of `keep` [N] (hands, face) which take template_weights [N,55].
-    Only the rows not kept are looked up."""
-    weights = template_weights.clone()
-    lookup = ~keep
-    if bool(lookup.any()):
-        weights[lookup] = field.query(points[lookup],
-                                      None if sigma is None else sigma[lookup]).to(weights.dtype)
-    return weights
+    sigma [N] (always detached), except rows of `keep` [N] (hands, face) which take
+    template_weights [N,55]. Only the rows not kept are looked up.
+
+    differentiable: True (the authors, METHOD.md section 12): gradient flows from the weights
+    into points; False: the points are detached (our earlier lookup)."""
+    if not differentiable:
+        points = points.detach()
+    lookup = torch.nonzero(~keep)[:, 0]  # [M] rows looked up in the field
+    if lookup.numel() == 0:
+        return template_weights
+    queried = field.query(points[lookup], None if sigma is None else sigma[lookup])  # [M, 55]
+    return template_weights.index_put((lookup,), queried.to(template_weights.dtype))
+
+
+def dominant_joint(weights: Tensor) -> Tensor:
+    """The joint with the largest weight of each row: weights [N, 55] -> [N] long (the 4-ring
+    mask's joint; METHOD.md section 12: argmax of the current weights, every forward)."""
+    return weights.detach().argmax(dim=-1)
 
 
 def combine_with_template(queried: Tensor, template_weights: Tensor, keep: Tensor) -> Tensor:

@@ -76,16 +76,30 @@ class SubjectFrames(Dataset):
     """One sample per frame record: every map at the scaled size, camera and SMPL-X (unbatched)."""
 
     def __init__(self, root: str | Path, frames: list[FrameRecord], resolution_scale: float,
-                 num_expression: int) -> None:
+                 num_expression: int, keep_input: bool = False) -> None:
+        """keep_input: decode the input (captured) frame once and keep its sample (each
+        DataLoader worker keeps its own copy); the balanced sampler draws it half the time."""
         self.root = Path(root)
         self.frames = frames
         self.resolution_scale = resolution_scale
         self.num_expression = num_expression
+        self.keep_input = keep_input
+        self._kept: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __getitem__(self, row: int) -> dict[str, Any]:
+        if row in self._kept:
+            return dict(self._kept[row])  # a new dict: callers may add keys
+        sample = self._read(row)
+        if self.keep_input and self.frames[row].is_input:
+            self._kept[row] = sample
+            return dict(sample)
+        return sample
+
+    def _read(self, row: int) -> dict[str, Any]:
+        """Decode and resize every map of frame `row`."""
         record = self.frames[row]
         maps = read_frame_maps(self.root, record.split, record.index)
         native_h, native_w = maps["image"].shape[:2]
@@ -159,6 +173,8 @@ class PersonaDataModule(pl.LightningDataModule):
         resolution_scale: float = 1.0,  # resize every map by this; cameras are scaled with it
         seed: int = 0,  # sampling seed (with the epoch)
         num_workers: int = 0,  # DataLoader worker processes
+        pin_memory: bool | None = None,  # page-locked batches; None: when training on CUDA
+        keep_input_frame: bool = True,  # decode the input frame once and keep it (training)
         validate_subject: bool = True,  # run the validator in setup() and refuse invalid subjects
         val_every_kth_test_frame: int = 1,  # validation uses every k-th test frame (test: all)
         max_off_palette_fraction: float = 0.0,  # part-seg pixels allowed off the palette
@@ -175,6 +191,8 @@ class PersonaDataModule(pl.LightningDataModule):
         self.resolution_scale = resolution_scale
         self.seed = seed
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.keep_input_frame = keep_input_frame
         self.validate_subject = validate_subject
         self.val_every_kth_test_frame = val_every_kth_test_frame
         self.max_off_palette_fraction = max_off_palette_fraction
@@ -226,16 +244,24 @@ class PersonaDataModule(pl.LightningDataModule):
             return 1, 0
         return int(trainer.world_size), int(trainer.global_rank)
 
-    def _loader(self, frames: list[FrameRecord], sampler: Any) -> DataLoader:
+    def _pin(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def _loader(self, frames: list[FrameRecord], sampler: Any,
+                keep_input: bool = False) -> DataLoader:
         dataset = SubjectFrames(self.subject_dir, frames, self.resolution_scale,
-                                self.num_expression)
+                                self.num_expression, keep_input)
         return DataLoader(dataset, batch_size=1, sampler=sampler, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate_frames,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, pin_memory=self._pin())
 
     def train_dataloader(self) -> DataLoader:
         num_replicas, rank = self._replicas()
-        return self._loader(self.train_frames, self.make_sampler(num_replicas, rank))
+        return self._loader(self.train_frames, self.make_sampler(num_replicas, rank),
+                            keep_input=self.keep_input_frame)
 
     def val_dataloader(self) -> DataLoader:
         rows = list(range(0, len(self.test_frames), self.val_every_kth_test_frame))

@@ -19,6 +19,7 @@ from persona.data.subject import (
     read_seg,
     write_png,
 )
+from persona.render.projection import project_points
 
 THUMB_HEIGHT = 256  # pixels: height of every tile
 LABEL_HEIGHT = 14  # pixels: caption strip above each tile
@@ -47,8 +48,7 @@ def _crop_zoom(image: np.ndarray, centre: np.ndarray, half: int) -> np.ndarray:
 
 
 def _project(camera: Any, point: Any) -> np.ndarray:
-    cam = camera.R @ point + camera.t
-    return ((camera.K @ cam)[:2] / cam[2]).numpy()
+    return project_points(point[None], camera)[0][0].numpy()  # [2]
 
 
 def contact_sheet(root: Path, body: Any, avatar: Any, true_poses: dict[str, list[Any]],

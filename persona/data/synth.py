@@ -55,9 +55,11 @@ from persona.data.subject import (
     write_png,
 )
 from persona.ops.mesh import vertex_normals
+from persona.render.projection import project_points
 from persona.render.types import Camera, ChannelGroup, Gaussians, RenderSettings
 
 _J = {name: i for i, name in enumerate(SMPLX_JOINT_NAMES)}
+HAND_MIN_DEPTH = 1e-3  # m: camera z of a hand centre is clamped to this (fault placement)
 BODY_JOINTS = slice(1, 22)  # the 21 body joints (root excluded): what the pose deformer sees
 
 
@@ -586,10 +588,10 @@ def _hand_pixels(body: Any, means: Tensor, avatar: GroundTruthAvatar, camera: Ca
         hand = torch.isin(avatar.dominant, torch.tensor(
             [_J[f"{side}_wrist"]] + list(range(25, 40) if side == "left" else range(40, 55))))
         centre = means[hand].mean(0) if hand.any() else means.mean(0)
-        cam = camera.R @ centre + camera.t
-        uv = (camera.K @ cam)[:2] / cam[2].clamp(min=1e-3)
-        centres.append(uv.numpy())
-        radii.append(float(config.faults.hand_radius * camera.K[0, 0] / cam[2].clamp(min=1e-3)))
+        uv, z = project_points(centre[None], camera, HAND_MIN_DEPTH)  # [1, 2], [1]
+        centres.append(uv[0].numpy())
+        depth = z[0].clamp(min=HAND_MIN_DEPTH)
+        radii.append(float(config.faults.hand_radius * camera.K[0, 0] / depth))
     return np.stack(centres), np.array(radii)
 
 

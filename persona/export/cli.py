@@ -46,8 +46,9 @@ class PosableAvatar(Protocol):
 
 
 # ---------------------------------------------------------------------------- checkpoint wiring
-def load_avatar(ckpt: str, device: str = "cpu") -> PosableAvatar:
-    """The avatar of a training checkpoint, in eval mode on `device`."""
+def load_avatar(ckpt: str, device: str | torch.device = "cpu") -> PosableAvatar:
+    """The avatar of a training checkpoint, built and loaded on `device` ("auto": cuda when
+    available), in eval mode."""
     path = Path(ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -57,7 +58,31 @@ def load_avatar(ckpt: str, device: str = "cpu") -> PosableAvatar:
     return system
 
 
+def avatar_device(avatar: PosableAvatar) -> torch.device:
+    """Where the avatar's tensors live (a LightningModule's `.device`; plain avatars: cpu)."""
+    return torch.device(getattr(avatar, "device", "cpu"))
+
+
+def animation_renderer_name(name: str, device: torch.device) -> str:
+    """The renderer that draws an avatar on `device`: "auto" is gsplat only for a CUDA avatar
+    (when gsplat is installed), else torch; "gsplat" for a non-CUDA avatar is an error."""
+    from persona.render import gsplat_available
+
+    if name == "auto":
+        return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+    if name == "gsplat" and device.type != "cuda":
+        raise ValueError(f"--renderer gsplat draws CUDA tensors; the avatar is on {device} "
+                         "(pass --device cuda, or --renderer torch)")
+    return name
+
+
 # ---------------------------------------------------------------------------- poses
+def pose_to(pose: PoseParams, device: torch.device) -> PoseParams:
+    """The same pose with its tensors on `device`."""
+    return PoseParams(pose.full_pose.to(device), pose.expression.to(device),
+                      pose.transl.to(device))
+
+
 @dataclass
 class PoseSpec:
     kind: str  # "canonical" | "frame" | "motion"
@@ -125,7 +150,8 @@ def export_avatar(avatar: PosableAvatar, pose: PoseParams, out: str | Path, fmt:
                   variant: str = "refined") -> tuple[Path, int]:
     """Pose the avatar and write it; returns (path, number of Gaussians)."""
     with torch.no_grad():
-        gaussians, channels = avatar.posed_gaussians(pose, variant)
+        gaussians, channels = avatar.posed_gaussians(pose_to(pose, avatar_device(avatar)),
+                                                     variant)
     metadata = {"variant": variant, "full_pose": pose.full_pose.cpu().numpy(),
                 "transl": pose.transl.cpu().numpy()}
     path = export_gaussians(out, gaussians, channels, fmt=fmt, metadata=metadata)
@@ -142,11 +168,14 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="default: from the --out suffix, else ply")
     parser.add_argument("--variant", choices=VARIANTS, default="refined")
+    parser.add_argument("--device", default="auto",
+                        help="where the avatar is built, loaded and posed: auto (cuda when "
+                             "available) | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     fmt = args.format or ("npz" if args.out.endswith(".npz") else "ply")
     try:
         pose = resolve_pose(parse_pose_spec(args.pose), args.subject)
-        avatar = load_avatar(args.ckpt)
+        avatar = load_avatar(args.ckpt, args.device)
         path, count = export_avatar(avatar, pose, args.out, fmt, args.variant)
     except (FileNotFoundError, ValueError) as exc:
         print(f"persona export: {exc}", file=sys.stderr)
@@ -158,9 +187,9 @@ def export_main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------- animate
 def _posed(avatar: PosableAvatar, poses: np.ndarray, transl: np.ndarray,
            expression: np.ndarray | None, t: int, variant: str) -> tuple[Gaussians, Tensor]:
+    pose = pose_to(motion_pose(poses, transl, expression, t), avatar_device(avatar))
     with torch.no_grad():
-        gaussians, channels = avatar.posed_gaussians(
-            motion_pose(poses, transl, expression, t), variant)
+        gaussians, channels = avatar.posed_gaussians(pose, variant)
     return gaussians, channels["rgb"]
 
 
@@ -227,23 +256,30 @@ def animate_main(argv: list[str]) -> int:
     parser.add_argument("--fps", type=float, default=None, help="default: the motion's fps")
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--renderer", default="auto", help="torch | gsplat | auto")
+    parser.add_argument("--renderer", default="auto",
+                        help="torch | gsplat | auto (gsplat for a CUDA avatar, else torch)")
     parser.add_argument("--variant", choices=VARIANTS, default="refined")
     parser.add_argument("--max-frames", type=int, default=None, help="render only the first N")
+    parser.add_argument("--device", default="auto",
+                        help="where the avatar is built, loaded and posed: auto (cuda when "
+                             "available) | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         from persona.data.motions import resolve_motion
         from persona.render import make_renderer
+        from persona.runs import resolve_device
 
+        device = resolve_device(args.device)
+        renderer = make_renderer(animation_renderer_name(args.renderer, device))
         motion = resolve_motion(args.motion)
         camera = None if args.camera == "auto" else _camera_from_file(
             args.camera, args.width, args.height)
-        avatar = load_avatar(args.ckpt)
+        avatar = load_avatar(args.ckpt, device)
         fps = args.fps or motion.fps
         start = time.perf_counter()
         path, timing = animate_avatar(
             avatar, motion.poses, motion.transl, motion.expression, args.out,
-            make_renderer(args.renderer), fps, args.width, args.height, args.turntable, camera,
+            renderer, fps, args.width, args.height, args.turntable, camera,
             variant=args.variant, max_frames=args.max_frames)
     except (FileNotFoundError, ValueError) as exc:
         print(f"persona animate: {exc}", file=sys.stderr)

@@ -129,6 +129,13 @@ def to_uint8(image: Tensor) -> np.ndarray:
     return (image.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
+def wait_for_device(device: torch.device) -> None:
+    """Block until the device's queued kernels finished (CUDA; a no-op elsewhere), so that a
+    wall-clock reading covers the work it timed."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class RenderTiming:
     frames: int
@@ -153,6 +160,7 @@ def render_frames(items: Iterable[tuple[Gaussians, Tensor, Camera]], renderer,
         start = time.perf_counter()
         with torch.no_grad():
             out = renderer.render(gaussians, camera, {"rgb": ChannelGroup(colours)}, settings)
+        wait_for_device(out["rgb"].device)  # CUDA kernels run asynchronously
         seconds += time.perf_counter() - start
         colour = torch.tensor(tuple(background), dtype=out["rgb"].dtype,
                               device=out["rgb"].device)

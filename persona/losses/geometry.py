@@ -84,31 +84,46 @@ def silog_depth_loss(
     return _silog_single(pred_depth, target_depth, log_eps, min_valid_pixels)
 
 
-def normal_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
-    """|n - n*| (mean over xyz) + (1 - n . n*), averaged over pixels valid in both.
-
-    pred, target [..., 3] camera-frame unit normals (0 = invalid); valid [...] bool (e.g. the
-    rendered alpha above a threshold) further restricts the pixels. No valid pixel: 0.
-    """
+def normal_valid(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Pixels [...] where both normal maps [..., 3] are nonzero (and valid [...], if given)."""
     if pred.shape != target.shape or pred.shape[-1] != 3:
         raise ValueError(f"normal_loss: pred {list(pred.shape)} and target "
                          f"{list(target.shape)} must both be [..., 3]")
-    both = (target.abs().sum(-1) > 0) & (pred.detach().abs().sum(-1) > 0)
-    if valid is not None:
-        if valid.shape != both.shape:
-            raise ValueError(f"normal_loss: valid {list(valid.shape)} must be "
-                             f"{list(both.shape)}")
-        both = both & valid.bool()
+    both = (target.abs().sum(-1) > 0) & (pred.detach().abs().sum(-1) > 0)  # [...]
+    if valid is None:
+        return both
+    if valid.shape != both.shape:
+        raise ValueError(f"normal_loss: valid {list(valid.shape)} must be {list(both.shape)}")
+    return both & valid.bool()
+
+
+def normal_loss_map(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Per-pixel |n - n*| (mean over xyz) + (1 - n . n*), zero where invalid (the authors'
+    NormalLoss map). pred, target [..., 3] camera-frame unit normals (0 = invalid); valid [...]
+    bool (e.g. the rendered alpha above a threshold) further restricts the pixels. -> [...]"""
+    both = normal_valid(pred, target, valid)  # [...]
+    per_pixel = (pred - target).abs().mean(-1) + (1.0 - (pred * target).sum(-1))  # [...]
+    return torch.where(both, per_pixel, torch.zeros_like(per_pixel))
+
+
+def normal_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None,
+                mean_over_valid: bool = False) -> Tensor:
+    """|n - n*| (mean over xyz) + (1 - n . n*) on pixels valid in both, zero elsewhere,
+    averaged over ALL pixels (the authors' reduction); with mean_over_valid, over the valid
+    pixels only (ours: 1 / valid-fraction times stronger). pred, target [..., 3]; valid [...].
+    No valid pixel: 0 (with a zero gradient)."""
+    both = normal_valid(pred, target, valid)  # [...]
+    per_pixel = normal_loss_map(pred, target, valid)  # [...]
     if not bool(both.any()):
         return _zero_like_graph(pred)
-    n, n_star = pred[both], target[both]  # [P, 3]
-    per_pixel = (n - n_star).abs().mean(-1) + (1.0 - (n * n_star).sum(-1))
+    if mean_over_valid:
+        return per_pixel[both].mean()
     return per_pixel.mean()
 
 
-def seg_loss(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor) -> Tensor:
-    """L1 between palette colours [..., 3], averaged over foreground [...] pixels and channels.
-    No foreground pixel: 0."""
+def seg_loss_map(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor) -> Tensor:
+    """Per-pixel, per-channel |pred - target| on palette colours [..., 3], zero off the
+    foreground [...] (the authors' SegLoss map). -> [..., 3]"""
     if pred_palette.shape != target_palette.shape:
         raise ValueError(f"seg_loss: pred {list(pred_palette.shape)} and target "
                          f"{list(target_palette.shape)} differ")
@@ -116,6 +131,19 @@ def seg_loss(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor) -
     if foreground.shape != pred_palette.shape[:-1]:
         raise ValueError(f"seg_loss: foreground {list(foreground.shape)} must be "
                          f"{list(pred_palette.shape[:-1])}")
+    diff = (pred_palette - target_palette).abs()  # [..., 3]
+    return torch.where(foreground[..., None], diff, torch.zeros_like(diff))
+
+
+def seg_loss(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor,
+             mean_over_valid: bool = False) -> Tensor:
+    """L1 between palette colours [..., 3] on foreground [...] pixels, zero elsewhere, averaged
+    over ALL pixels and channels (the authors' reduction); with mean_over_valid, over the
+    foreground pixels only (ours). No foreground pixel: 0."""
+    per_pixel = seg_loss_map(pred_palette, target_palette, foreground)  # [..., 3]
+    foreground = foreground.bool()
     if not bool(foreground.any()):
         return _zero_like_graph(pred_palette)
-    return (pred_palette[foreground] - target_palette[foreground]).abs().mean()
+    if mean_over_valid:
+        return per_pixel[foreground].mean()
+    return per_pixel.mean()

@@ -8,7 +8,7 @@ rgb_aux instead.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -17,6 +17,9 @@ from persona.ops.image import dilate, sobel_magnitude
 
 # Canonical positions p (metres) are rendered as colour (p / POSITION_UNIT_METRES + 1) / 2.
 POSITION_UNIT_METRES = 1.0
+
+# (render, target) [H, W, 3] in [0, 1] -> per-pixel image loss map (any shape; it is averaged).
+LossMapFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def positional_colours(canonical_positions: Tensor) -> Tensor:
@@ -27,7 +30,8 @@ def positional_colours(canonical_positions: Tensor) -> Tensor:
 def seam_dilation_size(alpha: Tensor, dilation_fraction: float,
                        alpha_box_threshold: float) -> int:
     """Odd side of the dilation square: dilation_fraction x the longer side of the bounding box
-    of alpha > alpha_box_threshold (rounded down, then forced odd; 1 without such pixels)."""
+    of alpha > alpha_box_threshold, rounded to the nearest integer (Python's round, half to
+    even, as the authors' get_kernel_size), then forced odd; 1 without such pixels."""
     inside = alpha.reshape(alpha.shape[0], alpha.shape[1]) > alpha_box_threshold
     if not bool(inside.any()):
         return 1
@@ -35,7 +39,7 @@ def seam_dilation_size(alpha: Tensor, dilation_fraction: float,
     cols = torch.nonzero(inside.any(0)).flatten()
     box_height = int(rows.max() - rows.min()) + 1
     box_width = int(cols.max() - cols.min()) + 1
-    size = max(1, math.floor(dilation_fraction * max(box_height, box_width)))
+    size = int(round(dilation_fraction * max(box_height, box_width)))
     return size if size % 2 == 1 else size + 1
 
 
@@ -77,3 +81,18 @@ def seam_weight_map(seams: Tensor, seam_weight: float) -> Tensor:
     """Per-pixel loss weights: seam_weight on seams, 1 elsewhere. [H, W] bool -> [H, W] float."""
     ones = torch.ones(seams.shape, dtype=torch.float32, device=seams.device)
     return torch.where(seams, ones * seam_weight, ones)
+
+
+def seam_distill_loss(rgb_render: Tensor, rgb_aux_render: Tensor, seams: Tensor,
+                      loss_map_fn: LossMapFn) -> Tensor:
+    """Seam distillation (METHOD.md section 12; the authors' img_boundary terms): the full image
+    loss of rgb_render x seams against the DETACHED rgb_aux_render x seams, averaged over all
+    pixels. rgb_render [H, W, 3]: the rgb render with geometry detached, composited over the
+    image; rgb_aux_render [H, W, 3]: the rgb_aux render (geometry detached) composited the same
+    way; seams [H, W] bool or float, detected on the same variant's render (base or refined).
+    loss_map_fn: e.g. 0.8 L1 + 0.2 (1 - SSIM) + LPIPS. Outside the seams both images are 0."""
+    if rgb_render.shape != rgb_aux_render.shape or rgb_render.shape[:2] != seams.shape:
+        raise ValueError(f"seam_distill_loss: rgb {list(rgb_render.shape)}, rgb_aux "
+                         f"{list(rgb_aux_render.shape)} and seams {list(seams.shape)} differ")
+    seam = seams.detach().to(rgb_render.dtype)[..., None]  # [H, W, 1]
+    return loss_map_fn(rgb_render * seam, rgb_aux_render.detach() * seam).mean()

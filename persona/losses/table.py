@@ -8,7 +8,8 @@ Term names (the system logs each as ``train/loss/<name>``; a term of weight 0 is
 - mask_base / mask_refined: |alpha - mask|.
 - depth_* / normal_* / seg_*: geometry terms of base and refined renders (x geometry w).
 - rgb_aux_refined: image loss of the rgb_aux render, geometry detached (generated only).
-- seam_distill: rgb x seams vs rgb_aux render (detached) x seams, geometry detached (input only).
+- seam_distill / seam_distill_refined: image loss of rgb x seams vs rgb_aux render (detached)
+  x seams, geometry detached, each variant with its own seams (input only).
 - hand_mask (generated only) / eye_mask: Gaussian masks vs SMPL-X mesh silhouettes.
 - lap_mean_base / lap_mean / lap_mean_posed: Laplacians on canonical base means, canonical
   refined means and posed refined means; lap_scale / lap_scale_original: log-scale on the
@@ -30,18 +31,27 @@ class LossWeights:
     ssim: float = 0.2  # (1 - SSIM) part of the image loss map
     lpips: float = 1.0  # LPIPS-VGG part (turn down on CPU: it dominates the step time)
     seam_weight: float = 0.1  # multiplier of seam pixels in input-image losses
+    # 0: the image's scalar LPIPS distance added to every pixel of the map (authors' ImgLoss);
+    # 1: LPIPS's spatial map, so seam weights down-weight it locally (ours before).
+    lpips_spatial: int = 0
     # Image terms.
     image_base: float = 1.0  # base render vs image, both splits
     image_refined: float = 0.1  # refined render vs image, both splits (geometry-weighted)
     albedo_base: float = 1.0  # base render vs albedo, input image only
     rgb_aux_refined: float = 1.0  # rgb_aux render vs image, generated frames only
-    seam_distill: float = 1.0  # rgb vs rgb_aux inside seams, input image only
+    seam_distill: float = 1.0  # base rgb vs rgb_aux inside seams (full image loss), input only
+    seam_distill_refined: float = 1.0  # the same on the refined render with its own seams
+    face_geo: float = 1.0  # face Gaussians in frozen initial colours vs the image (L1), input only
     # Face patch of the input image (the authors' chain super-resolves it; here native
     # resolution): the image loss of a face crop rendered at face_patch_size, times this x the
     # variant's image weight; input image only. 0 = off (persona/losses/face_patch.py).
     face_patch: float = 0.1
     face_patch_size: int = 256  # px, side of the square face patch (METHOD.md section 5)
     face_patch_margin: float = 1.2  # the face's projected box is enlarged by this
+    # 0: the authors' patch terms (base render of the face Gaussians, face-boundary weighted,
+    # plus patch boundary distillation, face mask and face geo, each x face_patch); 1: ours
+    # before, the whole avatar's base and refined renders (x face_patch x image weight).
+    face_patch_whole_avatar: int = 0
     # Geometry terms: mask always 1; depth/normal/seg scaled by the split's geometry weight.
     mask: float = 1.0  # |alpha - mask|, base and refined, both splits
     geometry_input: float = 0.1  # geometry weight w on the input image
@@ -49,19 +59,24 @@ class LossWeights:
     depth: float = 0.01  # SILog depth factor inside w * (depth + normal + seg)
     normal: float = 1.0  # normal factor inside w * (...)
     seg: float = 1.0  # part-seg palette factor inside w * (...)
+    # 0: normal and seg maps (zero where invalid) averaged over ALL pixels (authors' NormalLoss,
+    # SegLoss); 1: over valid pixels only (ours before; 3.1x stronger at 32 % foreground).
+    geometry_mean_over_valid: int = 0
     # Silhouettes of the SMPL-X mesh.
     hand_mask: float = 50.0  # Gaussian hand mask vs SMPL-X hand silhouette, generated only
     eye_mask: float = 1.0  # Gaussian eye mask vs SMPL-X eye silhouette, both splits
     # 1: the silhouettes are z-buffered against the whole body mesh (a hand behind the torso is
     # not in the hand mask, as the Gaussian mask it is compared with); 0: the region's faces alone.
     mask_occlusion: int = 1
-    # Regularisers (per-vertex factors in persona.losses.regularizers).
-    lap_mean: float = 1e5  # Laplacian of canonical refined means x region factors
-    lap_mean_base_factor: float = 10.0  # the base-mean Laplacian is this x lap_mean
-    # 1: (L x - L template)^2 on every vertex (smooths offsets); 0: METHOD.md's reading,
-    # (L x)^2 off hands/face/eyes, which also flattens and shrinks the body (docs/ABLATIONS.md).
-    lap_mean_relative: int = 1  # template-relative mean Laplacian everywhere
-    lap_mean_posed: float = 1e5  # Laplacian of posed refined means (hands/face/eyes excluded)
+    # Regularisers (per-vertex factors in persona.losses.regularizers; METHOD.md section 12).
+    lap_mean: float = 1e5  # base weight of the mean Laplacians (x per-vertex region factors)
+    lap_mean_base_factor: float = 10.0  # the base canonical-mean Laplacian is this x lap_mean
+    # Laplacian of the canonical REFINED means: the authors have none (0); ours was 1e5.
+    lap_mean_canonical_refined: float = 0.0
+    # 0 (authors): (L x)^2 off hands/eyes/face_expr, (L x - L template)^2 on them; 1 (ours):
+    # template-relative on every vertex (smooths offsets), posed term relative to posed base.
+    lap_mean_relative: int = 0
+    lap_mean_posed: float = 1e5  # Laplacian of posed refined means (hands/eyes/face_expr out)
     lap_scale: float = 1e6  # Laplacian of scales (see lap_scale_on_log), subdivided topology
     lap_scale_original: float = 1e6  # the same on the original topology
     # The scale Laplacian acts on activated scales (metres) by default. On log-scales, as
@@ -71,10 +86,18 @@ class LossWeights:
     lap_scale_on_log: int = 0  # 1: Laplacian of log-scales; 0: of scales in metres
     lap_rgb: float = 0.1  # Laplacian of colours
     lap_face_eye_factor: float = 50.0  # mean-Laplacian factor on eyes and the expression face
-    lap_hand_boundary_factor: float = 10.0  # mean-Laplacian factor on hands and face boundary
-    hand_rgb_tv: float = 100.0  # total variation of hand colours on the mesh
-    hand_rgb_aux: float = 1.0  # hand rgb toward rgb_aux (detached)
-    mouth_rgb: float = 1.0  # mouth-interior colour toward the mean of its ring
+    lap_hand_boundary_factor: float = 10.0  # factor on hands and expr_boundary (wins over 50)
+    # Level rule: every Laplacian weight x (lap_reference_edge / median edge)^lap_level_exponent,
+    # so the authors' numbers (tuned at ~2 mm edges) mean the same at any subdivision level.
+    # 3: measured on midpoint-subdivided bodies (docs/MODEL_AND_LOSSES.md); 4: smooth-surface
+    # theory ((L x)^2 ~ h^4); 0: off (the raw numbers at every level).
+    lap_level_exponent: float = 3.0
+    lap_reference_edge: float = 0.002  # m, median edge of the authors' twice-subdivided SMPL-X
+    hand_rgb_tv: float = 100.0  # squared TV of the rendered hand images inside alpha > 0.9
+    hand_rgb_tv_on_mesh: int = 0  # 1: |.| TV of hand Gaussian colours over mesh edges (ours)
+    hand_rgb_aux: float = 1.0  # hand rgb toward rgb_aux (detached), squared
+    mouth_rgb: float = 1.0  # mouth-interior colour toward the mean of its ring, squared
+    colour_reg_abs: int = 0  # 1: |.| instead of (.)^2 in hand_rgb_aux and mouth_rgb (ours)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -4,6 +4,11 @@ A protocol records every choice that moves the numbers (METHOD.md section 9): ba
 mask compositing of prediction and ground truth, pasting the crop back into the full image,
 test-pose fitting with the avatar frozen, the LPIPS network, SSIM's border handling. It is saved
 with every result. Fragments live in configs/protocol/*.yaml under a top-level `protocol:` key.
+
+A recorded setting never claims a step that did not run: pasting needs the frame's crop box
+(`CropBox`; the subject format has none yet), `evaluate_frame` records per frame whether it
+pasted (`PASTED_KEY`), and metrics.json's protocol says `paste_into_full_image: true` only when
+every frame was pasted (the request is kept under `protocol_requested`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,14 @@ from persona.metrics.geometry import (
     normal_angle_error,
 )
 from persona.metrics.images import SSIM_BORDERS, psnr, ssim
+from persona.metrics.test_pose import TestPoseFitSettings
 
 WHITE = (1.0, 1.0, 1.0)
 LPIPS_NETS = ("alex", "vgg")
+# Per-frame record of evaluate_frame: 1.0 when the crop was pasted into the full image, else 0.0.
+# A flag, not a metric: left out of the means and the "test/<metric>" logs.
+PASTED_KEY = "pasted_into_full_image"
+FLAG_KEYS = (PASTED_KEY,)
 
 
 @dataclass
@@ -42,8 +52,13 @@ class EvalProtocol:
     background: tuple[float, float, float] = WHITE  # RGB in [0, 1] behind the render
     mask_composite: bool = True  # composite prediction AND ground truth with the test mask
     paste_into_full_image: bool = True  # score the full-size image, the crop pasted back
+    # (only frames with a crop box; metrics.json records what ran)
     fit_test_pose: bool = True  # fit the test frames' SMPL-X with the avatar frozen first
     fit_steps: int = 40  # optimisation steps per test frame (4 epochs x 10 passes)
+    fit_lr: float = 1e-3  # test-pose fit: lr of the 6D rotations, expression, translation
+    fit_hand_lr_factor: float = 0.1  # test-pose fit: finger rotations at fit_lr x this
+    fit_decay_at: float = 2.75 / 4  # test-pose fit: lr / 10 after this fraction of fit_steps
+    fit_in_validation: bool = False  # also fit during validation (False: cheap, given poses)
     lpips_net: str = "alex"  # LPIPS backbone for evaluation
     ssim_border: str = "reflect"  # "reflect": torchmetrics default (authors); "valid": skimage
     depth_alignment: str = "median"  # depth L1 shift: median or mean of (target - pred)
@@ -64,6 +79,23 @@ class EvalProtocol:
                              f"{DEPTH_ALIGNMENTS}, got {self.depth_alignment!r}")
         if self.fit_steps < 0:
             raise ValueError(f"protocol {self.name!r}: fit_steps must be >= 0")
+        if self.fit_test_pose and self.fit_steps == 0:
+            raise ValueError(f"protocol {self.name!r}: fit_test_pose needs fit_steps > 0 "
+                             "(or set fit_test_pose: false)")
+        self.fit_settings()  # validates the fit's lr, factor and decay
+
+    def fit_settings(self) -> TestPoseFitSettings:
+        """The test-pose fit's settings (persona.metrics.test_pose.fit_test_pose)."""
+        return TestPoseFitSettings(steps=self.fit_steps, lr=self.fit_lr,
+                                   hand_lr_factor=self.fit_hand_lr_factor,
+                                   decay_at=self.fit_decay_at)
+
+    def validation_protocol(self) -> EvalProtocol:
+        """The protocol of validation during training: this one without the test-pose fit
+        unless fit_in_validation (the fit costs fit_steps renders per frame)."""
+        if self.fit_in_validation or not self.fit_test_pose:
+            return self
+        return dataclasses.replace(self, name=f"{self.name}/validation", fit_test_pose=False)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -118,19 +150,47 @@ def paste_crop(crop: Tensor, full_height: int, full_width: int, top: int, left: 
     return canvas
 
 
+@dataclass(frozen=True)
+class CropBox:
+    """Where a test image was cropped from its full-size original (the authors'
+    `<frame>_bbox_orig.json` and `img_shape_orig.json`): the crop is the full image's pixels
+    [top : top + crop height, left : left + crop width], not resized."""
+
+    top: int
+    left: int
+    full_height: int
+    full_width: int
+
+
+def paste_frame(pred: Tensor, target: Tensor, pred_alpha: Tensor, target_mask: Tensor,
+                box: CropBox, background: tuple[float, float, float]
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The crop's images pasted into the full image: pred and target on `background`, alpha
+    and mask on 0 (outside the crop both images are the background, as in the authors'
+    eval_neuman.py, where the pasted mask is 1 there and both canvases white)."""
+    if target_mask.ndim == 2:
+        target_mask = target_mask[..., None]
+    size = (box.full_height, box.full_width, box.top, box.left)
+    colour = pred.new_tensor(background)  # [3]
+    return (paste_crop(pred, *size, colour), paste_crop(target, *size, colour),
+            paste_crop(pred_alpha, *size, 0.0), paste_crop(target_mask.to(pred.dtype), *size, 0.0))
+
+
 def evaluate_frame(pred: Tensor, target: Tensor, pred_alpha: Tensor, target_mask: Tensor,
                    protocol: EvalProtocol, pred_depth: Tensor | None = None,
                    target_depth: Tensor | None = None, pred_normal: Tensor | None = None,
                    target_normal: Tensor | None = None,
-                   lpips_fn: Callable[[Tensor, Tensor], Tensor] | None = None
-                   ) -> dict[str, float]:
-    """Score one frame. Returns psnr, ssim, lpips (when lpips_fn is given), mask_iou and,
-    when both maps are given, depth_l1_mm and normal_deg.
+                   lpips_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                   crop_box: CropBox | None = None) -> dict[str, float]:
+    """Score one frame. Returns psnr, ssim, lpips (when lpips_fn is given), mask_iou, the flag
+    PASTED_KEY and, when both maps are given, depth_l1_mm and normal_deg.
 
-    pred [H, W, 3]: the render already composited on protocol.background (full-size image when
-    protocol.paste_into_full_image: use `paste_crop` first); target [H, W, 3] in [0, 1];
-    pred_alpha [H, W, 1]; target_mask [H, W, 1] or [H, W]. Depth [H, W(, 1)] metres (0 invalid),
-    normals [H, W, 3] camera frame; geometry is scored inside the ground-truth mask.
+    pred [H, W, 3]: the render already composited on protocol.background; target [H, W, 3] in
+    [0, 1]; pred_alpha [H, W, 1]; target_mask [H, W, 1] or [H, W]. With
+    protocol.paste_into_full_image and a crop_box, the four are pasted into the full image
+    before scoring (PASTED_KEY 1.0); without a crop box they are scored as given (0.0).
+    Depth [H, W(, 1)] metres (0 invalid), normals [H, W, 3] camera frame; geometry is scored
+    inside the ground-truth mask of the crop (pasting adds no mask pixel).
     lpips_fn(pred, target) takes [1, 3, H, W] in [0, 1] and returns distances whose mean is the
     score: `persona.metrics.lpips.load_lpips_distance(protocol.lpips_net)` (exact published
     LPIPS); a spatial `LPIPSLoss` also works but its upsampled mean differs by ~1e-2.
@@ -143,6 +203,12 @@ def evaluate_frame(pred: Tensor, target: Tensor, pred_alpha: Tensor, target_mask
         raise ValueError(f"evaluate_frame: target_mask {list(target_mask.shape)} does not match "
                          f"the image {list(pred.shape[:2])}")
     pred, target = pred.float().clamp(0, 1), target.float().clamp(0, 1)
+    geometry_mask = mask
+    pasted = protocol.paste_into_full_image and crop_box is not None
+    if pasted:
+        pred, target, pred_alpha, full_mask = paste_frame(pred, target, pred_alpha.float(), mask,
+                                                          crop_box, protocol.background)
+        mask = full_mask[..., 0]  # [H_full, W_full]
     if protocol.mask_composite:
         pred = composite(pred, mask.float(), protocol.background)
         target = composite(target, mask.float(), protocol.background)
@@ -153,10 +219,12 @@ def evaluate_frame(pred: Tensor, target: Tensor, pred_alpha: Tensor, target_mask
             scores["lpips"] = float(lpips_fn(*pair).mean())
     scores["mask_iou"] = mask_iou(pred_alpha, mask)
     if pred_depth is not None and target_depth is not None:
-        scores["depth_l1_mm"] = depth_l1_aligned(pred_depth, target_depth, region=mask,
+        scores["depth_l1_mm"] = depth_l1_aligned(pred_depth, target_depth, region=geometry_mask,
                                                  alignment=protocol.depth_alignment)
     if pred_normal is not None and target_normal is not None:
-        scores["normal_deg"] = normal_angle_error(pred_normal, target_normal, region=mask)
+        scores["normal_deg"] = normal_angle_error(pred_normal, target_normal,
+                                                  region=geometry_mask)
+    scores[PASTED_KEY] = 1.0 if pasted else 0.0
     return scores
 
 
@@ -186,17 +254,28 @@ class MetricsReport:
         self.frames.append({"frame": str(frame), **{k: float(v) for k, v in scores.items()}})
 
     def mean(self) -> dict[str, float]:
-        """Mean of each metric over the frames where it is finite (NaN when none)."""
-        names = sorted({k for row in self.frames for k in row if k != "frame"})
+        """Mean of each metric over the frames where it is finite (NaN when none); flags
+        (FLAG_KEYS) are not metrics and are left out."""
+        names = sorted({k for row in self.frames for k in row if k != "frame"} - set(FLAG_KEYS))
         means = {}
         for name in names:
             values = [row[name] for row in self.frames if name in row and math.isfinite(row[name])]
             means[name] = sum(values) / len(values) if values else math.nan
         return means
 
+    def applied_protocol(self) -> dict:
+        """The protocol as it ran: paste_into_full_image is true only when every frame was
+        pasted (a frame without the flag counts as not pasted)."""
+        applied = self.protocol.to_dict()
+        applied["paste_into_full_image"] = bool(self.frames) and all(
+            row.get(PASTED_KEY, 0.0) == 1.0 for row in self.frames)
+        return applied
+
     def to_dict(self, extra: dict | None = None) -> dict:
-        return {"protocol": self.protocol.to_dict(), "mean": self.mean(),
-                "num_frames": len(self.frames), "frames": self.frames,
+        applied, requested = self.applied_protocol(), self.protocol.to_dict()
+        differs = {k: v for k, v in requested.items() if applied[k] != v}
+        return {"protocol": applied, **({"protocol_requested": differs} if differs else {}),
+                "mean": self.mean(), "num_frames": len(self.frames), "frames": self.frames,
                 "versions": environment_versions(), **(extra or {})}
 
     def write(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -226,5 +305,6 @@ def write_json_atomic(path: str | os.PathLike, data: object) -> Path:
     return path
 
 
-__all__ = ["EvalProtocol", "MASK_THRESHOLD", "MetricsReport", "composite", "environment_versions",
-           "evaluate_frame", "load_protocol", "paste_crop", "write_json_atomic"]
+__all__ = ["CropBox", "EvalProtocol", "FLAG_KEYS", "MASK_THRESHOLD", "MetricsReport",
+           "PASTED_KEY", "composite", "environment_versions", "evaluate_frame", "load_protocol",
+           "paste_crop", "paste_frame", "write_json_atomic"]

@@ -31,9 +31,17 @@ def gsplat_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("gsplat") is not None
 
 
-def make_renderer(name: str, **kwargs) -> Renderer:
+def make_renderer(name: str | Renderer, **kwargs) -> Renderer:
     """Build a renderer by name: "torch", "dense", "gsplat" or "auto" (gsplat when CUDA and
-    gsplat are available, else torch). ``kwargs`` go to the backend's constructor."""
+    gsplat are available, else torch). ``kwargs`` go to the backend's constructor. A renderer
+    object (e.g. built by LightningCLI from a ``class_path``) is returned as it is."""
+    if not isinstance(name, str):
+        if kwargs:
+            raise ValueError("make_renderer: keyword arguments need a renderer name, not an "
+                             f"instance of {type(name).__name__}")
+        if not callable(getattr(name, "render", None)):
+            raise TypeError(f"make_renderer: {type(name).__name__} has no render() method")
+        return name
     if name == "auto":
         name = "gsplat" if gsplat_available() else "torch"
     if name == "torch":

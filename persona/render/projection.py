@@ -127,3 +127,22 @@ def project(gaussians: Gaussians, camera: Camera, eps2d: float = EPS2D) -> Proje
         depth=z,
         valid=valid,
     )
+
+
+MIN_PROJECTION_DEPTH = 1e-6  # m: camera z is clamped to this before the pinhole division
+
+
+def project_points(points: Tensor, camera: Camera, min_depth: float = MIN_PROJECTION_DEPTH
+                   ) -> tuple[Tensor, Tensor]:
+    """The one pinhole projection: world points [..., N, 3] -> pixel coordinates uv [..., N, 2]
+    (u = fx x / z + cx, pixel centres at integer + 0.5) and camera-space z [..., N] (not
+    clamped). z is clamped to ``min_depth`` only for the division. The camera's tensors are cast
+    to the points' dtype and device; gradients flow to ``points``."""
+    rotation = camera.R.to(points)  # [3, 3]
+    cam = points @ rotation.T + camera.t.to(points)  # [..., N, 3]
+    K = camera.K.to(points)
+    z = cam[..., 2]  # [..., N]
+    z_div = z.clamp(min=min_depth)
+    uv = torch.stack([K[0, 0] * cam[..., 0] / z_div + K[0, 2],
+                      K[1, 1] * cam[..., 1] / z_div + K[1, 2]], dim=-1)  # [..., N, 2]
+    return uv, z

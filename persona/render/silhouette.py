@@ -21,21 +21,16 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from persona.render.projection import project_points
 from persona.render.types import Camera
 
 DEFAULT_MAX_PAIRS = 4_000_000  # (triangle, pixel) pairs evaluated per chunk
 
 
 def project_vertices(vertices: Tensor, camera: Camera) -> tuple[Tensor, Tensor]:
-    """World vertices [V, 3] -> pixel coordinates [V, 2] and camera z [V] (float64)."""
-    v = vertices.detach().to(torch.float64)
-    cam = v @ camera.R.detach().to(torch.float64).T + camera.t.detach().to(torch.float64)
-    K = camera.K.detach().to(torch.float64)
-    z = cam[:, 2]
-    z_safe = torch.where(z.abs() > 0, z, torch.ones_like(z))
-    uv = torch.stack([K[0, 0] * cam[:, 0] / z_safe + K[0, 2],
-                      K[1, 1] * cam[:, 1] / z_safe + K[1, 2]], dim=-1)
-    return uv, z
+    """World vertices [V, 3] -> pixel coordinates [V, 2] and camera z [V] (float64, no
+    gradient): `project_points` in float64 (only in-front triangles are ever rasterised)."""
+    return project_points(vertices.detach().to(torch.float64), camera)
 
 
 def edge_function(ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor, px: Tensor, py: Tensor

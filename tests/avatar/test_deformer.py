@@ -158,3 +158,28 @@ def test_bad_inputs_name_the_argument() -> None:
         deformer(positions, dominant, pose[:, :20], zero)
     with pytest.raises(ValueError, match="mode"):
         PoseDeformer(mode="scale")  # type: ignore[arg-type]
+
+
+def test_active_rows_are_computed_once_per_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The active index set (torch.nonzero: a host synchronisation on CUDA) is computed once
+    per mask tensor, not on every forward; a new mask or an in-place change recomputes it.
+    Old behaviour: torch.nonzero on every call."""
+    deformer = PoseDeformer(triplane_resolution=8, triplane_channels=4)
+    positions, dominant, pose, zero = _inputs(50)
+    calls = []
+    original = torch.nonzero
+
+    def counting_nonzero(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "nonzero", counting_nonzero)
+    first = deformer(positions, dominant, pose, zero).mean_offset
+    second = deformer(positions, dominant, pose, zero).mean_offset
+    assert len(calls) == 1
+    torch.testing.assert_close(first, second)
+    zero[: zero.numel() // 2] = True  # in place: the cache must notice
+    out = deformer(positions, dominant, pose, zero).mean_offset
+    assert len(calls) == 2 and float(out[:, zero].abs().max()) == 0.0
+    deformer(positions, dominant, pose, zero.clone())  # another tensor
+    assert len(calls) == 3

@@ -57,10 +57,50 @@ def test_face_boundary_is_the_outer_ring_of_the_face(body) -> None:
     assert torch.equal(boundary, touches_face & ~face)
     masks = template.region_masks
     union = masks["hands"] | masks["face"] | masks["eyes"]
-    assert torch.equal(template.deformer_zero_mask, union) and union.any()
-    assert torch.equal(masks["no_deform"], union)
     assert torch.equal(masks["keep_template_weights"], union)
+    no_deform = masks["hands"] | masks["eyes"] | masks["face_expr"]
+    assert torch.equal(template.deformer_zero_mask, no_deform) and no_deform.any()
+    assert torch.equal(masks["no_deform"], no_deform)
     assert not masks["mouth_ring"].any()  # the procedural body has no mouth interior
+
+
+def _whole_head_face_body():
+    """The procedural body posing as SMPL-X with FLAME ids: the face region is the whole head
+    (scalp and back included) and the expression basis is nonzero on all of it."""
+    body = load_body(BodySpec(kind="procedural"))
+    head = torch.isin(body.lbs_weights.argmax(1), torch.tensor([15, JAW_JOINT, 23, 24]))
+    body.region_mask_face = head
+    exprdirs = torch.zeros_like(body.exprdirs)
+    exprdirs[head] = 0.001
+    body.exprdirs = exprdirs
+    return body, head
+
+
+def test_pose_offsets_reach_the_back_of_the_head() -> None:
+    """Old behaviour caught: no_deform held the whole FLAME head, so scalp, hair and the back
+    of the head got no pose offsets; now only hands, eyes and the frontal expression face."""
+    body, head = _whole_head_face_body()
+    template = build_avatar_template(body, random_identity(body), subdivision_levels=1)
+    masks = template.region_masks
+    count = body.num_vertices
+    rest = body.J_regressor @ body.v_template
+    behind = head & (body.v_template[:, 2] < rest[15, 2])  # back of the head (original ids)
+    assert behind.any() and not template.deformer_zero_mask[:count][behind].any()
+    assert masks["face_expr"].any() and torch.all(masks["face_expr"] <= masks["face"])
+    assert torch.all(masks["expr_boundary"] <= masks["face_expr"]) and masks["expr_boundary"].any()
+    old = build_avatar_template(body, random_identity(body), 1, no_deform_face="face")
+    assert torch.equal(old.deformer_zero_mask, masks["hands"] | masks["eyes"] | masks["face"])
+    assert old.deformer_zero_mask[:count][behind].all()
+    with pytest.raises(ValueError, match="no_deform_face"):
+        build_avatar_template(body, random_identity(body), 0, no_deform_face="head")
+
+
+def test_median_edge_lengths_halve_per_level(body) -> None:
+    coarse = build_avatar_template(body, random_identity(body), subdivision_levels=0)
+    fine = build_avatar_template(body, random_identity(body), subdivision_levels=2)
+    assert coarse.median_edge_length == pytest.approx(coarse.original_median_edge_length)
+    assert fine.original_median_edge_length == pytest.approx(coarse.median_edge_length)
+    assert fine.median_edge_length == pytest.approx(coarse.median_edge_length / 4, rel=0.15)
 
 
 def test_template_subdivided_once_carries_attributes(body) -> None:

@@ -7,6 +7,7 @@ from persona.body.skinning import (
     build_skinning_volume,
     cached_skinning_field,
     diffuse,
+    dominant_joint,
     field_skinning_weights,
     knn_skinning_weights,
     voxel_centres,
@@ -172,3 +173,65 @@ def test_built_and_cached_fields_give_identical_weights(procedural_body, tmp_pat
     points = vertices[::7] + 0.01
     sigma = torch.full((points.shape[0],), 0.01)
     assert torch.equal(built.query(points, sigma), loaded.query(points, sigma))
+
+
+def _random_field(grid: int = 8, seed: int = 0) -> SkinningField:
+    """A float64 field of random positive weights over the unit cube (voxel spacing 1/(G-1))."""
+    generator = torch.Generator().manual_seed(seed)
+    volume = torch.rand(55, grid, grid, grid, generator=generator, dtype=torch.float64) + 0.05
+    return SkinningField(volume, torch.zeros(3, dtype=torch.float64),
+                         torch.ones(3, dtype=torch.float64))
+
+
+def test_lookup_gradient_matches_finite_differences():
+    """Old behaviour caught: the field cast everything to float32, so the lookup could not be
+    checked (nor used) in float64; here the 13-point lookup, clamp and normalisation pass the
+    exact gradient to the points. Points and their +-1/+-2 sigma samples sit at fractions
+    0.3-0.7 inside voxels (sigma = one voxel), away from the faces where trilinear
+    interpolation has kinks."""
+    grid = 8
+    spacing = 1.0 / (grid - 1)
+    field = _random_field(grid)
+    generator = torch.Generator().manual_seed(1)
+    cells = torch.randint(2, grid - 3, (12, 3), generator=generator).double()
+    fraction = 0.3 + 0.4 * torch.rand(12, 3, generator=generator, dtype=torch.float64)
+    points = ((cells + fraction) * spacing).requires_grad_(True)
+    sigma = torch.full((12,), spacing, dtype=torch.float64)
+    template = torch.softmax(torch.randn(12, 55, generator=generator, dtype=torch.float64), -1)
+    keep = torch.zeros(12, dtype=torch.bool)
+    keep[[0, 5]] = True  # template rows: no gradient, still part of the function
+
+    def lookup(p: torch.Tensor) -> torch.Tensor:
+        return field_skinning_weights(field, p, sigma, template, keep)
+
+    assert field.volume.dtype == torch.float64 and lookup(points).dtype == torch.float64
+    assert torch.autograd.gradcheck(lookup, (points,), eps=1e-7, atol=1e-7, rtol=1e-5)
+
+
+def test_lookup_passes_gradient_into_the_mean_offset_unless_detached():
+    """Old behaviour caught: the lookup took detached points (no gradient into mean_offset);
+    `differentiable=False` keeps that as a switch."""
+    field = _random_field()
+    template_points = torch.full((4, 3), 0.43, dtype=torch.float64)
+    template_points[:, 0] = torch.tensor([0.21, 0.37, 0.52, 0.66], dtype=torch.float64)
+    offset = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    template = torch.full((4, 55), 1.0 / 55, dtype=torch.float64)
+    keep = torch.tensor([False, True, False, False])
+    sigma = torch.full((4,), 0.01, dtype=torch.float64)
+    joint = torch.arange(55, dtype=torch.float64)  # any weighting of the joints
+    weights = field_skinning_weights(field, template_points + offset, sigma, template, keep)
+    (weights @ joint).sum().backward()
+    grad = offset.grad.norm(dim=1)
+    assert grad[1] == 0 and bool((grad[[0, 2, 3]] > 0).all())
+    detached = field_skinning_weights(field, template_points + offset, sigma, template, keep,
+                                      differentiable=False)
+    assert not detached.requires_grad
+    torch.testing.assert_close(detached, weights.detach())
+
+
+def test_dominant_joint_is_the_argmax_of_the_current_weights():
+    weights = torch.zeros(3, 55)
+    weights[0, 7], weights[1, 40], weights[2, 3] = 1.0, 0.6, 0.9
+    weights[1, 2] = 0.4
+    joints = dominant_joint(weights.requires_grad_(True))
+    assert joints.dtype == torch.long and joints.tolist() == [7, 40, 3]

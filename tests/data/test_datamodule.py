@@ -112,3 +112,30 @@ def test_lightning_cli_can_type_the_arguments():
     config = parser.parse_args(["--data.subject_dir", "x", "--data.input_ratio", "0.25",
                                 "--data.epoch_length", "12"])
     assert config.data.input_ratio == 0.25 and config.data.epoch_length == 12
+
+
+def test_the_input_frame_is_decoded_once_and_kept(tiny_subject: Path, monkeypatch):
+    """Training keeps the decoded input frame (half of all draws): its maps are read once,
+    generated frames every time; old behaviour: every draw decoded the input PNGs again."""
+    import persona.data.datamodule as datamodule
+
+    reads: list[tuple[str, int]] = []
+    original = datamodule.read_frame_maps
+
+    def counting(root, split, index):
+        reads.append((split, index))
+        return original(root, split, index)
+
+    monkeypatch.setattr(datamodule, "read_frame_maps", counting)
+    dm = _setup(tiny_subject, epoch_length=8, pin_memory=False)
+    batches = list(dm.train_dataloader())
+    inputs = sum(bool(b["is_input"][0]) for b in batches)
+    assert inputs >= 2 and reads.count(("captured", 0)) == 1
+    assert len(reads) == 1 + len(batches) - inputs
+    first = next(b for b in batches if bool(b["is_input"][0]))
+    again = next(b for b in reversed(batches) if bool(b["is_input"][0]))
+    for key in ("image", "mask", "depth", "image_native"):
+        torch.testing.assert_close(first[key], again[key])
+    fresh = _setup(tiny_subject, keep_input_frame=False).train_dataset()
+    torch.testing.assert_close(fresh[dm.input_rows[0]]["image"], first["image"][0])
+    assert not dm.train_dataloader().pin_memory  # no trainer on CUDA: no pinning

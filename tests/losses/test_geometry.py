@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from persona.losses.geometry import mask_loss, normal_loss, seg_loss, silog_depth_loss
+from persona.losses.geometry import (
+    mask_loss,
+    normal_loss,
+    normal_loss_map,
+    seg_loss,
+    seg_loss_map,
+    silog_depth_loss,
+)
 
 
 def _depth_pair() -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,12 +85,30 @@ def test_mask_loss() -> None:
 def test_normal_loss_values_and_validity() -> None:
     target = torch.tensor([[0.0, 0, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0]])
     pred = torch.tensor([[0.0, 0, 1], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
-    # Pixel 0 identical (0), pixel 1 orthogonal (|d| mean 2/3 + 1), pixels 2 and 3 invalid.
-    assert float(normal_loss(pred, target)) == pytest.approx((0 + 2 / 3 + 1) / 2)
+    # Pixel 0 identical (0), pixel 1 orthogonal (|d| mean 2/3 + 1), pixels 2 and 3 invalid
+    # (zero in the map); the authors' NormalLoss averages over all 4 pixels.
+    assert float(normal_loss(pred, target)) == pytest.approx((0 + 2 / 3 + 1) / 4)
+    torch.testing.assert_close(normal_loss_map(pred, target),
+                               torch.tensor([0.0, 2 / 3 + 1, 0.0, 0.0]))
     valid = torch.tensor([True, False, True, True])
     assert float(normal_loss(pred, target, valid)) == pytest.approx(0.0)
     opposite = normal_loss(-target[:2], target[:2])
     assert float(opposite) == pytest.approx(2 / 3 * 1 + 2)
+
+
+def test_normal_loss_means_over_all_pixels_not_valid_ones() -> None:
+    """Catches the old reduction (mean over valid pixels: 1 / 0.32 = 3.1x at 32 % valid)."""
+    height, width, valid_rows = 25, 4, 8  # 8 of 25 rows valid: 32 %
+    target = torch.zeros(height, width, 3)
+    target[..., 2] = 1.0
+    pred = torch.zeros(height, width, 3)
+    pred[:valid_rows, :, 1] = 1.0  # orthogonal where rendered, background (0) elsewhere
+    per_pixel = 2 / 3 + 1
+    got = normal_loss(pred, target)
+    assert float(got) == pytest.approx(per_pixel * 0.32)
+    ours = normal_loss(pred, target, mean_over_valid=True)
+    assert float(ours) == pytest.approx(per_pixel)
+    assert float(ours / got) == pytest.approx(1 / 0.32)
 
 
 def test_seg_loss_foreground_only() -> None:
@@ -91,5 +116,22 @@ def test_seg_loss_foreground_only() -> None:
     target = torch.ones(2, 2, 3)
     foreground = torch.tensor([[True, False], [False, False]])
     target[1, 1] = 5.0  # background difference is ignored
-    assert float(seg_loss(pred, target, foreground)) == pytest.approx(1.0)
+    # One foreground pixel of L1 1 among 4 pixels: the authors' SegLoss mean is 1 / 4.
+    assert float(seg_loss(pred, target, foreground)) == pytest.approx(0.25)
+    assert float(seg_loss(pred, target, foreground, mean_over_valid=True)) == pytest.approx(1.0)
     assert float(seg_loss(pred, target, torch.zeros(2, 2, dtype=torch.bool))) == 0.0
+    expected_map = torch.zeros(2, 2, 3)
+    expected_map[0, 0] = 1.0
+    torch.testing.assert_close(seg_loss_map(pred, target, foreground), expected_map)
+
+
+def test_seg_loss_gradient_is_scaled_by_all_pixels() -> None:
+    """The gradient on a foreground pixel is 1 / (pixels x channels), not 1 / (fg x channels)."""
+    pred = torch.zeros(1, 10, 10, 3, requires_grad=True)
+    target = torch.ones(1, 10, 10, 3)
+    foreground = torch.zeros(1, 10, 10, dtype=torch.bool)
+    foreground[0, :5, :5] = True  # 25 of 100 pixels
+    seg_loss(pred, target, foreground).backward()
+    assert pred.grad is not None
+    assert float(pred.grad[0, 0, 0, 0]) == pytest.approx(-1 / 300)
+    assert float(pred.grad[0, 9, 9, 0]) == 0.0

@@ -4,11 +4,14 @@ import pytest
 import torch
 
 from persona.losses.regularizers import (
+    LEVEL_SCALED_TERMS,
     hand_rgb_aux_loss,
     hand_rgb_tv,
     laplacian_energy,
+    laplacian_level_factor,
     laplacian_loss,
     laplacian_region_factors,
+    level_scaled_weights,
     mean_laplacian_loss,
     mouth_rgb_loss,
     posed_laplacian_loss,
@@ -32,21 +35,31 @@ def _grid(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _regions(count: int) -> dict[str, torch.Tensor]:
+    """hands {0}, FLAME face {11, 12, 16}, expression face {12, 16}, its boundary band {16}
+    (inside it), eyes {13}."""
     masks = {k: torch.zeros(count, dtype=torch.bool)
-             for k in ("hands", "face", "eyes", "face_boundary")}
+             for k in ("hands", "face", "face_expr", "expr_boundary", "eyes")}
     masks["hands"][0] = True
-    masks["face"][12] = True
+    masks["face"][[11, 12, 16]] = True
+    masks["face_expr"][[12, 16]] = True
+    masks["expr_boundary"][16] = True
     masks["eyes"][13] = True
-    masks["face_boundary"][7] = True
     return masks
 
 
 def test_region_factors_and_relative_mask() -> None:
+    """Old behaviour caught: 50 won over 10 where they overlap, and the whole FLAME face
+    (vertex 11) took 50 and the template-relative form."""
     factors = laplacian_region_factors(_regions(25))
-    assert factors[0] == 10 and factors[7] == 10 and factors[12] == 50 and factors[13] == 50
-    assert factors[1] == 1 and float(factors.sum()) == 21 * 1 + 2 * 10 + 2 * 50
+    assert factors[0] == 10 and factors[12] == 50 and factors[13] == 50
+    assert factors[16] == 10  # expr_boundary lies inside face_expr: 10 is written last
+    assert factors[11] == 1 and factors[1] == 1  # FLAME face outside the expression face
+    assert float(factors.sum()) == 21 * 1 + 2 * 10 + 2 * 50
     relative = template_relative_mask(_regions(25))
-    assert relative.nonzero().flatten().tolist() == [0, 12, 13]
+    assert relative.nonzero().flatten().tolist() == [0, 12, 13, 16]
+    incomplete = {k: v for k, v in _regions(25).items() if k != "expr_boundary"}
+    with pytest.raises(ValueError, match="expr_boundary"):
+        laplacian_region_factors(incomplete)
 
 
 def test_laplacian_loss_flat_grid_interior_zero_and_relative_to_template() -> None:
@@ -119,3 +132,61 @@ def test_mean_and_posed_laplacian_wrappers() -> None:
     assert float(posed) == pytest.approx(float(laplacian_loss(lifted, laplacian, keep)))
     assert float(laplacian_energy(lifted, laplacian)) == pytest.approx(
         float((apply_laplacian(laplacian, lifted) ** 2).mean()))
+
+
+def test_posed_laplacian_covers_the_face_outside_the_expression_face() -> None:
+    """Old behaviour caught: the posed term excluded the whole FLAME face (scalp, back of the
+    head); the authors exclude only hands, eyes and the frontal expression face."""
+    vertices, faces = _grid()
+    laplacian = uniform_laplacian(faces, 25, dtype=torch.float64)
+    regions = _regions(25)
+    bumped = vertices.clone()
+    bumped[11, 2] = 0.3  # FLAME face, not expression face
+    keep = torch.ones(25, dtype=torch.float64)
+    keep[[0, 12, 13, 16]] = 0.0
+    posed = posed_laplacian_loss(bumped, laplacian, regions)
+    assert float(posed) == pytest.approx(float(laplacian_loss(bumped, laplacian, keep)))
+    only_11 = torch.zeros(25, dtype=torch.float64)
+    only_11[11] = 1.0
+    assert float(laplacian_loss(bumped, laplacian, only_11)) > 0  # vertex 11 is penalised
+
+
+def test_mean_laplacian_absolute_by_default_relative_as_switch() -> None:
+    """Old default caught (lap_mean_relative = 1): the template's own curvature cost nothing."""
+    vertices, faces = _grid()
+    laplacian = uniform_laplacian(faces, 25, dtype=torch.float64)
+    regions = _regions(25)
+    curved = vertices.clone()
+    curved[:, 2] = 0.1 * (vertices[:, 0] - 2) ** 2  # a curved template
+    absolute = mean_laplacian_loss(curved, curved, laplacian, regions)
+    relative = mean_laplacian_loss(curved, curved, laplacian, regions, relative_everywhere=True)
+    assert float(absolute) > 1e-4 and float(relative) < 1e-20
+
+
+def test_level_factor_and_scaled_weights() -> None:
+    assert laplacian_level_factor(0.004, 0.002, 4.0) == pytest.approx(1 / 16)
+    assert laplacian_level_factor(0.001, 0.002, 3.0) == pytest.approx(8.0)
+    assert laplacian_level_factor(0.05, 0.002, 0.0) == 1.0  # switch off
+    weights = {name: 1.0 for name in LEVEL_SCALED_TERMS}
+    weights.update(lap_scale_original=1.0, image_base=1.0)
+    scaled = level_scaled_weights(weights, 0.004, 0.008, reference_edge=0.002, exponent=3.0)
+    assert all(scaled[name] == pytest.approx(1 / 8) for name in LEVEL_SCALED_TERMS)
+    assert scaled["lap_scale_original"] == pytest.approx(1.0)  # 8 mm = the 2-level reference
+    assert scaled["image_base"] == 1.0 and weights["lap_mean"] == 1.0  # a copy
+
+
+def test_level_rule_equalises_template_energy_across_subdivision_levels() -> None:
+    """Old behaviour caught (no rule): the procedural template's absolute Laplacian energy is
+    ~70x larger at level 0 than at level 2, so the same weight regularised far harder; with the
+    default rule the weighted energies agree within 2x."""
+    from persona.avatar.template import build_avatar_template
+    from persona.body.loader import BodySpec, load_body
+
+    body = load_body(BodySpec(kind="procedural"))
+    energies = {}
+    for level in (0, 2):
+        template = build_avatar_template(body, body.zero_identity(), level)
+        raw = float(laplacian_energy(template.canonical_vertices.double(), template.laplacian))
+        energies[level] = (raw, raw * laplacian_level_factor(template.median_edge_length))
+    assert energies[0][0] / energies[2][0] > 30
+    assert 0.5 < energies[0][1] / energies[2][1] < 2.0

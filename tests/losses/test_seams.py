@@ -2,10 +2,12 @@
 
 import torch
 
+from persona.losses.image import image_loss_map
 from persona.losses.seams import (
     detect_seams,
     positional_colours,
     seam_dilation_size,
+    seam_distill_loss,
     seam_weight_map,
 )
 from persona.render.dense import DenseRenderer
@@ -77,12 +79,48 @@ def test_hand_built_silhouette_and_internal_seam() -> None:
 def test_dilation_size_from_alpha_box() -> None:
     alpha = torch.zeros(200, 300, 1)
     alpha[50:150, 20:280] = 0.95  # box 100 x 260
-    assert seam_dilation_size(alpha, 0.015, 0.9) == 3  # floor(3.9) = 3, odd
-    alpha[50:150, 20:287] = 0.95  # box width 267: floor(4.005) = 4 -> 5
-    assert seam_dilation_size(alpha, 0.015, 0.9) == 5
+    # The authors' get_kernel_size rounds (the old floor gave 3 here).
+    assert seam_dilation_size(alpha, 0.015, 0.9) == 5  # round(3.9) = 4 -> 5
+    alpha.zero_()
+    alpha[50:150, 20:220] = 0.95  # box width 200: round(3.0) = 3, odd
+    assert seam_dilation_size(alpha, 0.015, 0.9) == 3
+    alpha.zero_()
+    alpha[50:150, 20:187] = 0.95  # box width 167: round(2.505) = 3
+    assert seam_dilation_size(alpha, 0.015, 0.9) == 3
     assert seam_dilation_size(alpha, 0.015, 0.99) == 1  # no pixel above the threshold
 
 
 def test_seam_weight_map() -> None:
     seams = torch.tensor([[True, False]])
     torch.testing.assert_close(seam_weight_map(seams, 0.1), torch.tensor([[0.1, 1.0]]))
+
+
+def _hwc_loss_map(render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0.8 L1 + 0.2 (1 - SSIM) on [H, W, 3] images -> [1, 1, H, W] (the system's wrapper)."""
+    return image_loss_map(render.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None],
+                          0.8, 0.2, 0.0)
+
+
+def test_seam_distill_is_the_full_image_loss_inside_seams() -> None:
+    """Catches the old distillation (L1 of the difference only): the SSIM part is included and
+    the loss is that of the masked images; rgb_aux is detached; nothing outside seams counts."""
+    generator = torch.Generator().manual_seed(3)
+    rgb = torch.rand(24, 30, 3, generator=generator, requires_grad=True)
+    rgb_aux = torch.rand(24, 30, 3, generator=generator, requires_grad=True)
+    seams = torch.zeros(24, 30, dtype=torch.bool)
+    seams[6:18, 8:20] = True
+    loss = seam_distill_loss(rgb, rgb_aux, seams, _hwc_loss_map)
+    mask = seams[..., None].float()
+    expected = _hwc_loss_map(rgb * mask, rgb_aux.detach() * mask).mean()
+    torch.testing.assert_close(loss, expected)
+    old = ((rgb - rgb_aux) * mask).abs().mean()
+    assert abs(float(loss.detach()) - float(old.detach())) > 1e-2  # not the old L1-only value
+    loss.backward()
+    assert rgb_aux.grad is None  # the rgb_aux render is the (detached) target
+    assert rgb.grad is not None and float(rgb.grad[~seams].abs().max()) == 0.0
+    assert float(rgb.grad[seams].abs().sum()) > 0.0
+    # Colours outside the seams do not change the loss.
+    changed = rgb.detach().clone()
+    changed[~seams] = 0.5
+    torch.testing.assert_close(seam_distill_loss(changed, rgb_aux, seams, _hwc_loss_map),
+                               loss.detach())

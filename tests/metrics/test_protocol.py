@@ -11,6 +11,8 @@ import torch
 
 from persona.metrics.images import psnr
 from persona.metrics.protocol import (
+    PASTED_KEY,
+    CropBox,
     EvalProtocol,
     MetricsReport,
     composite,
@@ -30,6 +32,10 @@ def test_fragments_load_as_documented() -> None:
                                                                                  "alex")
     assert authors.background == (1.0, 1.0, 1.0) and authors.fit_steps == 40
     assert (plain.mask_composite, plain.fit_test_pose, plain.fit_steps) == (False, False, 0)
+    assert authors.paste_into_full_image and not plain.paste_into_full_image
+    assert (authors.fit_lr, authors.fit_hand_lr_factor, authors.fit_decay_at) == (1e-3, 0.1,
+                                                                                  0.6875)
+    assert not authors.fit_in_validation
 
 
 def test_bad_fragments_name_the_field(tmp_path: Path) -> None:
@@ -70,6 +76,24 @@ def test_mask_compositing_changes_only_what_it_should() -> None:
     assert plain["psnr"] == pytest.approx(-10 * math.log10(mse_plain), abs=1e-4)
     assert masked["mask_iou"] == pytest.approx(100 * 12 / 16)
     assert "lpips" not in masked and "depth_l1_mm" not in masked
+    assert masked[PASTED_KEY] == 0.0  # no crop box: scored as given, and recorded so
+
+
+def test_paste_into_full_image_needs_a_crop_box() -> None:
+    """With a crop box the 32x32 crop is scored inside its 64x48 original (the background
+    outside is identical in both, so the PSNR rises by 10 log10(64 x 48 / 32 x 32)); without
+    one the crop is scored as given and the frame records that it was not pasted."""
+    frame = _frame()
+    box = CropBox(top=20, left=10, full_height=64, full_width=48)
+    crop = evaluate_frame(**frame, protocol=EvalProtocol())
+    pasted = evaluate_frame(**frame, protocol=EvalProtocol(), crop_box=box)
+    not_requested = evaluate_frame(**frame, protocol=EvalProtocol(paste_into_full_image=False),
+                                   crop_box=box)
+    assert pasted[PASTED_KEY] == 1.0 and crop[PASTED_KEY] == not_requested[PASTED_KEY] == 0.0
+    gain = 10 * math.log10(64 * 48 / (32 * 32))
+    assert pasted["psnr"] == pytest.approx(crop["psnr"] + gain, abs=1e-4)
+    assert pasted["ssim"] > crop["ssim"] and not_requested["psnr"] == crop["psnr"]
+    assert pasted["mask_iou"] == pytest.approx(crop["mask_iou"])
 
 
 def test_geometry_scored_inside_the_mask() -> None:
@@ -115,16 +139,32 @@ def test_composite_and_paste() -> None:
 
 def test_metrics_json_is_atomic_and_complete(tmp_path: Path) -> None:
     report = MetricsReport(EvalProtocol(name="authors"))
-    report.add("test/0", {"psnr": 20.0, "depth_l1_mm": math.nan})
-    report.add("test/1", {"psnr": 30.0, "depth_l1_mm": 4.0})
+    report.add("test/0", {"psnr": 20.0, "depth_l1_mm": math.nan, PASTED_KEY: 0.0})
+    report.add("test/1", {"psnr": 30.0, "depth_l1_mm": 4.0, PASTED_KEY: 0.0})
     path = report.write(tmp_path / "run" / "metrics.json", extra={"ckpt": "last.ckpt"})
     data = json.loads(path.read_text())
-    assert data["mean"] == {"psnr": 25.0, "depth_l1_mm": 4.0}
-    assert data["frames"][0] == {"frame": "test/0", "psnr": 20.0, "depth_l1_mm": None}
+    assert data["mean"] == {"psnr": 25.0, "depth_l1_mm": 4.0}  # the flag is not a metric
+    assert data["frames"][0] == {"frame": "test/0", "psnr": 20.0, "depth_l1_mm": None,
+                                 PASTED_KEY: 0.0}
+    # nothing was pasted: the protocol says so (it used to record the request, true)
+    assert data["protocol"]["paste_into_full_image"] is False
+    assert data["protocol_requested"] == {"paste_into_full_image": True}
     assert data["protocol"]["name"] == "authors" and data["protocol"]["background"] == [1, 1, 1]
     assert data["versions"]["torch"] == torch.__version__ and "gsplat" in data["versions"]
     assert data["num_frames"] == 2 and data["ckpt"] == "last.ckpt"
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_metrics_json_records_paste_only_when_every_frame_was_pasted() -> None:
+    report = MetricsReport(EvalProtocol())
+    report.add("test/0", {"psnr": 20.0, PASTED_KEY: 1.0})
+    assert report.to_dict()["protocol"]["paste_into_full_image"] is True
+    assert "protocol_requested" not in report.to_dict()
+    report.add("test/1", {"psnr": 20.0})  # a frame without the flag counts as not pasted
+    assert report.to_dict()["protocol"]["paste_into_full_image"] is False
+    plain = MetricsReport(EvalProtocol(paste_into_full_image=False))
+    plain.add("test/0", {"psnr": 20.0, PASTED_KEY: 0.0})
+    assert "protocol_requested" not in plain.to_dict()
 
 
 def test_psnr_helper_consistent_with_evaluate_frame() -> None:
