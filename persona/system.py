@@ -29,15 +29,15 @@ from persona.avatar.deformer import PoseDeformer
 from persona.avatar.frame_params import FrameParams
 from persona.avatar.gaussians import GaussianAvatar, knn_log_scale, logit
 from persona.avatar.posing import AvatarState, SkinningConfig
-from persona.avatar.template import AvatarTemplate, build_avatar_template
+from persona.avatar.template import FACE_GAUSSIANS, AvatarTemplate, build_avatar_template
 from persona.body.types import Identity, PoseParams
-from persona.losses import geometry as geo_losses
+from persona.losses import regularizers as reg
 from persona.losses import terms as loss_terms
 from persona.losses.seams import positional_colours
 from persona.losses.table import LossWeights, term_weights
 from persona.metrics.protocol import EvalProtocol
 from persona.ops.mesh import vertex_normals
-from persona.render.types import Camera, ChannelGroup, Gaussians, Renderer
+from persona.render.types import Camera, ChannelGroup, Gaussians, Renderer, RenderSettings
 from persona.system_parts import FrozenParts, batch_camera, to_batch, to_device
 
 __all__ = ["AvatarState", "BodyOverrides", "DeformerConfig", "OptimConfig", "PersonaSystem",
@@ -46,6 +46,9 @@ __all__ = ["AvatarState", "BodyOverrides", "DeformerConfig", "OptimConfig", "Per
 SMPLX_PATH_ENV = "PERSONA_SMPLX_PATH"  # fallback for model.body.model_path
 EVAL_DEPTH_ALPHA = 0.5  # rendered alpha above which the eval depth is scored (else 0)
 MIN_ALPHA = 1e-6  # alpha is clamped to this when normalising the rendered depth
+SEAM_TERM = {"base": "seam_distill", "refined": "seam_distill_refined"}  # variant -> its term
+HAND_REGIONS = ("right_hand", "left_hand")
+CAMERA_KEYS = ("K", "R", "t", "width", "height")  # batch entries of a frame's camera  # each hand rendered alone for the colour TV
 
 @dataclass
 class DeformerConfig:
@@ -60,6 +63,9 @@ class DeformerConfig:
     num_hidden_layers: int = 3  # MLP depth
     norm_groups: int = 4  # GroupNorm groups per hidden layer
     output_scale: float = 0.01  # the MLP output is divided by 100
+    # Face part of the zero-offset mask: "face_expr" (authors: the frontal expression face; the
+    # scalp, hair and back of the head get offsets) or "face" (the whole FLAME head; ours before).
+    zero_face: Literal["face_expr", "face"] = "face_expr"
 
 
 @dataclass
@@ -90,7 +96,9 @@ class OptimConfig:
 
 def build_deformer(config: DeformerConfig) -> PoseDeformer:
     """The pose deformer of a DeformerConfig."""
-    return PoseDeformer(**dataclasses.asdict(config))
+    settings = dataclasses.asdict(config)
+    settings.pop("zero_face")  # a template setting (build_avatar_template's no_deform_face)
+    return PoseDeformer(**settings)
 
 
 def class_path_of(value: Any) -> dict[str, str]:
@@ -173,7 +181,8 @@ class PersonaSystem(LightningModule):
         from persona.metrics.lpips import load_lpips_distance, load_lpips_loss
         from persona.render import make_renderer
 
-        template = build_avatar_template(body, identity, self.subdivision_levels)
+        template = build_avatar_template(body, identity, self.subdivision_levels,
+                                         no_deform_face=self.deformer_cfg.zero_face)
         field = None
         if self.skinning_cfg.method == "volume":
             settings = SkinningVolumeSettings(grid_size=self.skinning_cfg.grid_size)
@@ -240,6 +249,7 @@ class PersonaSystem(LightningModule):
             return
         self.avatar.initialize_(**{k: (logit(v) if v is not None else None)
                                    for k, v in colours.items()})
+        self.frozen.rgb_init = torch.sigmoid(self.avatar.rgb.detach()).clone()  # [N, 3]
 
     # ------------------------------------------------------------------ forward
     def posed_state(self, pose: PoseParams, body_pose_6d: Tensor) -> AvatarState:
@@ -258,7 +268,8 @@ class PersonaSystem(LightningModule):
 
     # ------------------------------------------------------------------ rendering
     def render_state(self, state: AvatarState, camera: Camera, variant: str,
-                     with_aux: bool, with_seams: bool) -> dict[str, Tensor]:
+                     with_aux: bool, with_seams: bool, with_face_init: bool = False
+                     ) -> dict[str, Tensor]:
         """One pass: every channel group the losses need for this variant."""
         t = self.template
         means = state.means[variant]
@@ -273,50 +284,78 @@ class PersonaSystem(LightningModule):
         }
         if with_aux:  # rgb_aux learns colour only: geometry detached (METHOD.md section 6)
             channels["rgb_aux"] = ChannelGroup(state.rgb_aux, geometry_grad=False)
-        if with_seams:
-            channels["canonical"] = ChannelGroup(
-                positional_colours(t.canonical_vertices).detach(), geometry_grad=False)
+        if with_seams:  # this variant's canonical positions (METHOD.md section 12)
+            canonical = state.canonical_base if variant == "base" else state.canonical_refined
+            channels["canonical"] = ChannelGroup(positional_colours(canonical).detach(),
+                                                 geometry_grad=False)
             channels["rgb_geo_detached"] = ChannelGroup(state.rgb[variant], geometry_grad=False)
             channels["rgb_aux_all_detached"] = ChannelGroup(state.rgb_aux.detach(),
                                                             geometry_grad=False)
+        if with_face_init:  # face Gaussians in their frozen initial colours, the rest black
+            face = t.region_masks[FACE_GAUSSIANS][:, None].to(means.dtype)  # [N, 1]
+            channels["face_init"] = ChannelGroup(self.frozen.rgb_init * face)
         return self.renderer.render(posing_lib.state_gaussians(state, variant), camera, channels)
+
+    def render_hands(self, state: AvatarState, camera: Camera) -> list[dict[str, Tensor]]:
+        """Each hand's Gaussians alone (geometry detached, on black): rgb and alpha, for the
+        authors' hand colour TV."""
+        renders = []
+        for region in HAND_REGIONS:
+            mask = self.template.region_masks[region]  # [N] bool
+            if not bool(mask.any()):
+                continue
+            scales = state.scales["base"][mask].detach()  # [P, 3]
+            gaussians = Gaussians(state.means["base"][mask].detach(), scales,
+                                  scales.new_ones(scales.shape[0]))
+            renders.append(self.renderer.render(
+                gaussians, camera, {"rgb": ChannelGroup(state.rgb["base"][mask])},
+                RenderSettings(depth=False)))
+        return renders
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         is_input = bool(batch["is_input"][0])
         lw = self.loss_weights
-        weights = term_weights(lw, is_input)
+        t = self.template
+        weights = reg.level_scaled_weights(term_weights(lw, is_input), t.median_edge_length,
+                                           t.original_median_edge_length,
+                                           lw.lap_reference_edge, lw.lap_level_exponent)
         frame_id = batch["frame_id"]
         pose = self.frame_params(frame_id)
         state = self.posed_state(pose, self.frame_params.body_pose_6d(frame_id))
         camera = batch_camera(batch)
         image = batch["image"][0]  # [H, W, 3]
         # seams exist only on the input image, and only when a term uses them (ablation: off)
-        seams_used = is_input and (lw.seam_weight != 1.0 or weights["seam_distill"] > 0)
+        seams_for = {v: is_input and (lw.seam_weight != 1.0 or weights[SEAM_TERM[v]] > 0)
+                     for v in posing_lib.VARIANTS}
+        face_init = is_input and weights["face_geo"] > 0 and self.frozen.rgb_init is not None
         renders = {variant: self.render_state(
             state, camera, variant, with_aux=(variant == "refined" and not is_input),
-            with_seams=(variant == "base" and seams_used)) for variant in posing_lib.VARIANTS}
-        seam_map = None
-        if seams_used:
-            seams, seam_map = loss_terms.seams_and_pixel_weights(renders["base"], lw, is_input,
-                                                                 image.dtype)
-            renders["base"]["seams"] = seams
+            with_seams=seams_for[variant], with_face_init=(variant == "base" and face_init))
+            for variant in posing_lib.VARIANTS}
         loss_map = loss_terms.image_loss_fn(lw, self.frozen.lpips_train)
         terms: loss_terms.Terms = {}
         for variant in posing_lib.VARIANTS:
             r = renders[variant]
+            seam_map = None
+            if seams_for[variant]:
+                r["seams"], seam_map = loss_terms.seams_and_pixel_weights(r, lw, is_input,
+                                                                          image.dtype)
+                terms.update(loss_terms.seam_distill_terms(
+                    r, image, r["seams"], SEAM_TERM[variant], weights[SEAM_TERM[variant]],
+                    loss_map))
             terms.update(loss_terms.image_terms(r, batch, variant, weights, seam_map, loss_map))
-            terms.update(loss_terms.geometry_terms(r, batch, variant, weights))
-        if "seams" in renders["base"]:
-            terms.update(loss_terms.seam_distill_terms(renders["base"], renders["base"]["seams"],
-                                                       weights["seam_distill"]))
+            terms.update(loss_terms.geometry_terms(r, batch, variant, weights,
+                                                   bool(lw.geometry_mean_over_valid)))
+        if face_init:
+            terms.update(loss_terms.face_geo_terms(renders["base"], image, weights["face_geo"]))
         terms.update(self._silhouette_terms(renders["base"], pose, camera, weights))
-        if is_input and "image_native" in batch and (weights["face_patch_base"] > 0
-                                                      or weights["face_patch_refined"] > 0):
-            terms.update(loss_terms.face_patch_terms(
-                state, batch, camera, weights, lw, self.template.region_masks["face"],
-                self.renderer, loss_map))
-        terms.update(loss_terms.regulariser_terms(state, self.template, self.avatar.log_scale,
+        if is_input and "image_native" in batch:
+            terms.update(self._face_patch_terms(state, pose, batch, camera, weights, loss_map))
+        if weights["hand_rgb_tv"] > 0 and not lw.hand_rgb_tv_on_mesh:
+            terms.update(loss_terms.hand_colour_terms(self.render_hands(state, camera),
+                                                      weights["hand_rgb_tv"]))
+        terms.update(loss_terms.regulariser_terms(state, t, self.avatar.log_scale,
                                                   self.frozen.edges, weights, lw))
         loss = loss_terms.total_loss(terms)
         for name, (value, weight) in terms.items():
@@ -327,6 +366,31 @@ class PersonaSystem(LightningModule):
         if not torch.isfinite(loss):
             return self._skip_nonfinite(terms, batch)
         return loss
+
+    def _face_patch_terms(self, state: AvatarState, pose: PoseParams, batch: dict,
+                          camera: Camera, weights: dict, loss_map: loss_terms.LossMapFn
+                          ) -> loss_terms.Terms:
+        """The face patch of the input image at native resolution: the authors' terms, or
+        with losses.face_patch_whole_avatar ours (whole avatar, base and refined)."""
+        lw = self.loss_weights
+        face = self.template.region_masks[FACE_GAUSSIANS]
+        if lw.face_patch_whole_avatar:
+            if weights["face_patch_base"] <= 0 and weights["face_patch_refined"] <= 0:
+                return {}
+            return loss_terms.face_patch_terms(state, batch, camera, weights, lw, face,
+                                               self.renderer, loss_map)
+        from persona.losses.face_terms import authors_face_patch_terms, face_silhouettes
+
+        v0 = self.template.num_original_vertices
+        body_masks = {k: m[:v0] for k, m in self.template.region_masks.items()}
+
+        def mesh_face(patch_camera: Camera) -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                vertices = self.body(self.identity, pose)[0]  # [V0, 3] template-weight posing
+            return face_silhouettes(vertices, self.body.faces, body_masks, patch_camera)
+
+        return authors_face_patch_terms(state, batch, camera, weights, lw, face,
+                                        self.frozen.rgb_init, self.renderer, loss_map, mesh_face)
 
     def _skip_nonfinite(self, terms: loss_terms.Terms, batch: dict) -> None:
         self.nonfinite_steps += 1
@@ -370,46 +434,29 @@ class PersonaSystem(LightningModule):
         return {k: v.detach() for k, v in vis.items()}
 
     # ------------------------------------------------------------------ evaluation
-    def fit_test_pose(self, batch: dict) -> PoseParams:
-        """The authors' test-time protocol (METHOD.md section 9): with the avatar frozen, fit
-        the frame's SMPL-X (axis-angle pose, expression, translation) to its image and maps
-        for `eval_protocol.fit_steps` Adam steps (image L1, mask, depth, normal, weight 1)."""
-        steps = self.eval_protocol.fit_steps
-        with torch.inference_mode(False), torch.enable_grad():
-            frame = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in batch.items()}
-            variables = [frame["full_pose"].clone().requires_grad_(True),
-                         frame["expression"].clone().requires_grad_(True),
-                         frame["transl"].clone().requires_grad_(True)]
-            optimiser = torch.optim.Adam(variables, lr=self.optim_cfg.frame_other,
-                                         eps=self.optim_cfg.adam_eps)
-            frozen = [p for p in self.parameters() if p.requires_grad]
-            for parameter in frozen:
-                parameter.requires_grad_(False)
-            try:
-                camera = batch_camera(frame)
-                image, mask = frame["image"][0], frame["mask"][0]
-                for _ in range(steps):
-                    pose = PoseParams(*variables)
-                    gaussians, colours = self.posed_gaussians(pose, "refined")
-                    normals = vertex_normals(gaussians.means, self.template.faces) @ camera.R.T
-                    out = self.renderer.render(gaussians, camera,
-                                               {"rgb": ChannelGroup(colours["rgb"]),
-                                                "normal": ChannelGroup(normals)})
-                    composite = out["rgb"] + image * (1 - out["alpha"])
-                    valid = loss_terms.normal_validity(out["alpha"], frame["normal"][0])
-                    loss = ((composite - image).abs().mean()
-                            + geo_losses.mask_loss(out["alpha"], mask)
-                            + geo_losses.silog_depth_loss(out["depth"][..., 0],
-                                                          frame["depth"][0][..., 0])
-                            + geo_losses.normal_loss(F.normalize(out["normal"], dim=-1),
-                                                     frame["normal"][0], valid))
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-            finally:
-                for parameter in frozen:
-                    parameter.requires_grad_(True)
-        return PoseParams(*(v.detach() for v in variables))
+    def fit_test_pose(self, batch: dict, protocol: EvalProtocol | None = None) -> PoseParams:
+        """The authors' test-time protocol (METHOD.md sections 9 and 12; persona/metrics/
+        test_pose.py): with the avatar frozen, fit the frame's SMPL-X (6D rotations, hands at
+        lr / 10) to its image and maps with the full image loss on base and refined + mask +
+        0.01 depth + normal + seg."""
+        from persona.metrics import test_pose
+
+        protocol = protocol or self.eval_protocol
+
+        def render_fn(pose: PoseParams) -> dict[str, dict[str, Tensor]]:
+            # called with inference mode off: clones of the (inference) batch camera can join
+            # the autograd graph
+            camera = batch_camera({k: (v.clone() if isinstance(v, Tensor) else v)
+                                   for k, v in batch.items() if k in CAMERA_KEYS})
+            state = self.posed_state(pose, posing_lib.body_pose_6d(pose))
+            return {v: self.render_state(state, camera, v, with_aux=False, with_seams=False)
+                    for v in posing_lib.VARIANTS}
+
+        frame = {k: batch[k][0] for k in ("image", "mask", "depth", "normal", "seg")}
+        init = PoseParams(batch["full_pose"], batch["expression"], batch["transl"])
+        return test_pose.fit_test_pose(render_fn, frame, init, protocol.fit_settings(),
+                                       lpips_fn=self.frozen.lpips_train,
+                                       frozen_parameters=list(self.parameters()))
 
     def render_eval(self, batch: dict, pose: PoseParams | None = None) -> dict[str, Tensor]:
         """Render the refined avatar in `pose` (default: the batch's), composited on the eval
@@ -426,22 +473,23 @@ class PersonaSystem(LightningModule):
         return out
 
     def _eval_step(self, batch: dict, prefix: str) -> dict[str, float]:
-        from persona.metrics.protocol import evaluate_frame
+        from persona.metrics.protocol import FLAG_KEYS, evaluate_frame
 
-        pose = None
-        if self.eval_protocol.fit_test_pose and self.eval_protocol.fit_steps > 0:
-            pose = self.fit_test_pose(batch)
+        # validation during fit is cheap by default (no test-pose fitting): validation_protocol
+        protocol = (self.eval_protocol if prefix == "test"
+                    else self.eval_protocol.validation_protocol())
+        pose = self.fit_test_pose(batch, protocol) if protocol.fit_test_pose else None
         with torch.no_grad():
             out = self.render_eval(batch, pose)
         alpha = out["alpha"].clamp(min=MIN_ALPHA)
         metrics = evaluate_frame(
             out["rgb_on_background"], batch["image"][0], out["alpha"], batch["mask"][0],
-            self.eval_protocol, pred_depth=torch.where(out["alpha"] > EVAL_DEPTH_ALPHA,
+            protocol, pred_depth=torch.where(out["alpha"] > EVAL_DEPTH_ALPHA,
                                                        out["depth"] / alpha, 0.0),
             target_depth=batch["depth"][0], pred_normal=F.normalize(out["normal"], dim=-1),
             target_normal=batch["normal"][0], lpips_fn=self.frozen.lpips_eval)
         for name, value in metrics.items():
-            if math.isfinite(value):
+            if name not in FLAG_KEYS and math.isfinite(value):
                 self.log(f"{prefix}/{name}", value, batch_size=1, on_epoch=True, on_step=False)
         mask = batch["mask"][0]
         background = out["rgb"].new_tensor(self.eval_protocol.background)

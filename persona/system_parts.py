@@ -61,6 +61,9 @@ class FrozenParts(nn.Module):
         for term, region in REGION_FACE_TERMS.items():
             self.register_buffer(f"region_faces_{term}", region_faces(body, region),
                                  persistent=False)
+        # [N, 3] the colours unwrapped at step 0 (the authors' frozen rgb_orig of face_geo);
+        # None until the colour initialisation sets it.
+        self.register_buffer("rgb_init", None, persistent=False)
 
     # -------------------------------------------------------------- dataclasses as buffers
     def _register_dataclass(self, prefix: str, value: Any) -> None:

@@ -64,11 +64,6 @@ class Triplane(nn.Module):
         return sampled[:, :, 0].permute(2, 0, 1).reshape(positions.shape[0], -1)  # [N, 3C]
 
 
-def _version_of(tensor: Tensor) -> int:
-    """The in-place version counter (inference tensors have none: they count as version 0)."""
-    return 0 if tensor.is_inference() else tensor._version
-
-
 @dataclass
 class DeformerOutput:
     """Pose-dependent offsets, all added to the canonical (raw) parameters before skinning."""
@@ -114,9 +109,6 @@ class PoseDeformer(nn.Module):
         self.ring_size = ring_size
         self.output_scale = output_scale
         self.register_buffer("pose_joint_mask", body_pose_joint_mask(ring_size), persistent=False)
-        # (zero_mask, its version, active rows [M]): torch.nonzero waits for the device, so the
-        # active set of the (fixed) mask is computed once, not on every step
-        self._active_cache: tuple[Tensor, int, Tensor] | None = None
         if mode == "off":
             return
         self.triplane = Triplane(triplane_channels, triplane_resolution, triplane_extent)
@@ -162,16 +154,6 @@ class PoseDeformer(nn.Module):
             return DeformerOutput(mean, rgb_offset=raw[..., MEAN_OFFSET_SIZE:])
         return DeformerOutput(mean)
 
-    def active_rows(self, zero_mask: Tensor) -> Tensor:
-        """Indices [M] of the Gaussians whose offset is evaluated (~zero_mask), cached for the
-        mask tensor: recomputed only for another tensor or after an in-place change of it."""
-        version = _version_of(zero_mask)
-        cache = self._active_cache
-        if cache is None or cache[0] is not zero_mask or cache[1] != version:
-            active = torch.nonzero(~zero_mask, as_tuple=True)[0]  # [M]; synchronises
-            self._active_cache = cache = (zero_mask, version, active)
-        return cache[2]
-
     def _mlp_tail(self, first_layer: Tensor) -> Tensor:
         """first_layer pre-activations [M, hidden] -> scaled outputs [M, out_features]."""
         hidden = F.relu(self.input_norm(first_layer))
@@ -179,16 +161,19 @@ class PoseDeformer(nn.Module):
         return self.output_layer(hidden) * self.output_scale
 
     def forward(self, triplane_positions: Tensor, dominant_joint: Tensor, body_pose_6d: Tensor,
-                zero_mask: Tensor) -> DeformerOutput:
+                zero_mask: Tensor, active: Tensor | None = None) -> DeformerOutput:
         """triplane_positions [N, 3] (fixed template), dominant_joint [N] long in [0, 55),
-        body_pose_6d [B, 21, 6] (detached here), zero_mask [N] bool (offsets forced to 0)."""
+        body_pose_6d [B, 21, 6] (detached here), zero_mask [N] bool (offsets forced to 0),
+        active [M] long: the rows of ~zero_mask when the caller has them (the template keeps
+        them, so no torch.nonzero, a host synchronisation on CUDA, runs every step)."""
         self._check_inputs(triplane_positions, dominant_joint, body_pose_6d, zero_mask)
         batch, num = body_pose_6d.shape[0], triplane_positions.shape[0]
         if self.mode == "off":
             zeros = triplane_positions.new_zeros(batch, num, MEAN_OFFSET_SIZE)
             return DeformerOutput(zeros)
         pose = body_pose_6d.detach().to(self.input_layer.weight.dtype)  # [B, 21, 6]
-        active = self.active_rows(zero_mask)  # [M]
+        if active is None:
+            active = torch.nonzero(~zero_mask, as_tuple=True)[0]  # [M]; synchronises
         if active.numel() == 0:  # every offset is forced to zero
             return self._split(pose.new_zeros(batch, num, self.out_features))
         features = self.triplane(triplane_positions[active])  # [M, 3C]

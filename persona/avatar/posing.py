@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from persona.avatar.gaussians import GaussianAvatar
 from persona.avatar.template import AvatarTemplate
 from persona.body.lbs import skin_points
+from persona.body.skinning import dominant_joint
 from persona.body.types import Identity, PoseParams
 from persona.ops.rotations import axis_angle_to_rotation_6d
 from persona.render.types import Gaussians
@@ -31,6 +32,15 @@ class SkinningConfig:
     method: Literal["volume", "knn", "template"] = "volume"  # diffused volume | k-NN | fixed
     grid_size: int = 128  # skinning volume resolution per axis
     knn: int = 16  # neighbours for the paper's k-nearest-vertex variant
+    # The authors' lookup (METHOD.md section 12) is queried at the current canonical mean with
+    # gradient (grid_sample passes it into mean_offset); False: the mean is detached (ours before).
+    lookup_grad: bool = True
+    # True (authors): the refined means are skinned with weights looked up again at the refined
+    # canonical position (+ pose offset + expression); False: the base weights serve both.
+    refined_lookup: bool = True
+    # True (authors): the 4-ring mask's joint is the argmax of the looked-up weights, every
+    # forward; False: the template's dominant joint, fixed (ours before).
+    dominant_from_lookup: bool = True
 
 
 @dataclass
@@ -65,7 +75,8 @@ def skinning_weights(template: AvatarTemplate, canon: Tensor, sigma: Tensor,
 
     if field is None:
         raise ValueError("skinning.method 'volume' needs a skinning field")
-    return field_skinning_weights(field, canon.detach(), sigma, template.lbs_weights, keep)
+    return field_skinning_weights(field, canon, sigma, template.lbs_weights, keep,
+                                  differentiable=config.lookup_grad)
 
 
 def expression_offsets(template: AvatarTemplate, expression: Tensor) -> Tensor:
@@ -79,16 +90,21 @@ def posed_state(template: AvatarTemplate, avatar: GaussianAvatar, deformer: nn.M
                 skinning: SkinningConfig, field: nn.Module | None) -> AvatarState:
     """Pose the avatar: pose with batch 1, body_pose_6d [1, 21, 6]."""
     log_scale = avatar.log_scale  # [N, 1]
+    sigma = log_scale.detach().exp().squeeze(-1)  # [N]
     canon = template.canonical_vertices + avatar.mean_offset  # [N, 3]
-    weights = skinning_weights(template, canon, log_scale.detach().exp().squeeze(-1), skinning,
-                               field)  # [N, 55]
-    offsets = deformer(template.triplane_positions, template.dominant_joint, body_pose_6d,
-                       template.region_masks["no_deform"])
+    weights = skinning_weights(template, canon, sigma, skinning, field)  # [N, 55]
+    joints = dominant_joint(weights) if skinning.dominant_from_lookup else template.dominant_joint
+    offsets = deformer(template.triplane_positions, joints, body_pose_6d,
+                       template.region_masks["no_deform"], template.deform_rows)
     expr_offset = expression_offsets(template, pose.expression[0])  # [N, 3]
     transforms = body.transforms_from_canonical(identity, pose)  # [1, 55, 4, 4]
     base = skin_points(canon + expr_offset, weights, transforms)[0]  # [N, 3]
-    refined_canon = canon + offsets.mean_offset[0]
-    refined = skin_points(refined_canon + expr_offset, weights, transforms)[0]
+    refined_canon = canon + offsets.mean_offset[0]  # [N, 3]
+    refined_weights = weights
+    if skinning.refined_lookup and getattr(deformer, "mode", None) != "off":  # offsets exist
+        refined_weights = skinning_weights(template, refined_canon + expr_offset, sigma, skinning,
+                                           field)  # [N, 55]
+    refined = skin_points(refined_canon + expr_offset, refined_weights, transforms)[0]
     rgb = torch.sigmoid(avatar.rgb)
     scale = log_scale.exp().expand(-1, 3)
     rgbs = {"base": rgb, "refined": rgb}

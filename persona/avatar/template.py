@@ -34,6 +34,10 @@ NO_DEFORM = "no_deform"
 # section 2: hands and face; the eyeballs belong to FLAME's face region, so they are included).
 TEMPLATE_WEIGHT_REGIONS = ("hands", "face", "eyes")
 KEEP_TEMPLATE_WEIGHTS = "keep_template_weights"
+# The authors' is_face (= is_face_expr + is_eye): the Gaussians of the face render, the face
+# patch, face_geo and the face interior removed from seams (METHOD.md section 12).
+FACE_GAUSSIAN_REGIONS = ("face_expr", "eyes")
+FACE_GAUSSIANS = "face_gaussians"
 # Neighbours kept per vertex by the uniform Laplacian (METHOD.md section 5: up to 10).
 LAPLACIAN_MAX_NEIGHBOURS = 10
 
@@ -54,6 +58,7 @@ class AvatarTemplate:
     laplacian: Tensor  # sparse [N, N] uniform Laplacian of the subdivided mesh
     original_laplacian: Tensor  # sparse [V0, V0] uniform Laplacian of the original mesh
     template_laplacian_targets: Tensor | None = None  # [N, 3] laplacian @ canonical_vertices
+    deform_rows: Tensor | None = None  # [M] long, rows of ~no_deform (the deformer's active set)
     median_edge_length: float = 0.0  # m, median edge of the subdivided big-pose mesh
     original_median_edge_length: float = 0.0  # m, median edge of the original topology
 
@@ -163,6 +168,7 @@ def build_avatar_template(
     regions[MOUTH_RING] = region_ring(regions["mouth_interior"], faces)
     regions[NO_DEFORM] = _union(regions, DEFORMER_ZERO_REGIONS + (no_deform_face,))
     regions[KEEP_TEMPLATE_WEIGHTS] = _union(regions, TEMPLATE_WEIGHT_REGIONS)
+    regions[FACE_GAUSSIANS] = _union(regions, FACE_GAUSSIAN_REGIONS)
     lbs_weights = attributes["lbs_weights"]
     laplacian = uniform_laplacian(faces, vertices.shape[0], laplacian_max_neighbours)
     return AvatarTemplate(
@@ -181,4 +187,5 @@ def build_avatar_template(
         template_laplacian_targets=apply_laplacian(laplacian, vertices),
         median_edge_length=median_edge_length(vertices, faces),
         original_median_edge_length=median_edge_length(canonical, original_faces),
+        deform_rows=torch.nonzero(~regions[NO_DEFORM], as_tuple=True)[0],
     )

@@ -120,23 +120,6 @@ def hand_rgb_tv(rgb: Tensor, edges: Tensor, hand_mask: Tensor) -> Tensor:
     return (rgb[hand_edges[:, 0]] - rgb[hand_edges[:, 1]]).abs().mean()
 
 
-def hand_rgb_aux_loss(rgb: Tensor, rgb_aux: Tensor, hand_mask: Tensor) -> Tensor:
-    """Pull hand colours toward rgb_aux (detached): mean |rgb - rgb_aux| on the hands."""
-    if not bool(hand_mask.any()):
-        return _zero_like_graph(rgb)
-    return (rgb[hand_mask] - rgb_aux[hand_mask].detach()).abs().mean()
-
-
-def mouth_rgb_loss(rgb: Tensor, mouth_mask: Tensor, ring_mask: Tensor) -> Tensor:
-    """Mouth-interior colours toward the mean colour of the surrounding ring (detached):
-    mean |rgb_i - mean_ring rgb| over the mouth interior. rgb [N, 3], masks [N] bool. An empty
-    mouth interior or ring gives 0."""
-    if not bool(mouth_mask.any()) or not bool(ring_mask.any()):
-        return _zero_like_graph(rgb)
-    target = rgb[ring_mask].mean(0).detach()  # [3]
-    return (rgb[mouth_mask] - target).abs().mean()
-
-
 def laplacian_energy(values: Tensor, laplacian: Tensor,
                      vertex_weight: Tensor | None = None) -> Tensor:
     """mean_{i, c} w_i (L values)_ic^2 (log-scales, colours). values [N, C] or [B, N, C]."""

@@ -11,9 +11,13 @@ Term names (the system logs each as ``train/loss/<name>``; a term of weight 0 is
 - seam_distill / seam_distill_refined: image loss of rgb x seams vs rgb_aux render (detached)
   x seams, geometry detached, each variant with its own seams (input only).
 - hand_mask (generated only) / eye_mask: Gaussian masks vs SMPL-X mesh silhouettes.
-- lap_mean_base / lap_mean / lap_mean_posed: Laplacians on canonical base means, canonical
-  refined means and posed refined means; lap_scale / lap_scale_original: log-scale on the
-  subdivided and the original topology; lap_rgb: colours.
+- face_geo: the face Gaussians rendered in their frozen initial colours vs the image (input).
+- face_patch_base / _boundary / _mask / _geo: the authors' face-patch terms (input only);
+  face_patch_refined only with face_patch_whole_avatar (ours before).
+- lap_mean_base / lap_mean_posed: Laplacians on canonical base means and posed refined means
+  (the authors' set); lap_mean: canonical refined means (0 = authors: none);
+  lap_scale / lap_scale_original: scales in metres on the subdivided and the original
+  topology; lap_rgb: colours. All scaled by the level rule (regularizers.level_scaled_weights).
 - hand_rgb_tv, hand_rgb_aux, mouth_rgb: the colour regularisers.
 """
 
@@ -120,11 +124,11 @@ def term_weights(weights: LossWeights, is_input: bool) -> dict[str, float]:
         "albedo_base": weights.albedo_base if is_input else 0.0,
         "rgb_aux_refined": 0.0 if is_input else weights.rgb_aux_refined,
         "seam_distill": weights.seam_distill if is_input else 0.0,
-        "face_patch_base": weights.face_patch * weights.image_base if is_input else 0.0,
-        "face_patch_refined": weights.face_patch * weights.image_refined if is_input else 0.0,
+        "seam_distill_refined": weights.seam_distill_refined if is_input else 0.0,
+        "face_geo": weights.face_geo if is_input else 0.0,
         "hand_mask": 0.0 if is_input else weights.hand_mask,
         "eye_mask": weights.eye_mask,
-        "lap_mean": weights.lap_mean,
+        "lap_mean": weights.lap_mean_canonical_refined,
         "lap_mean_base": weights.lap_mean * weights.lap_mean_base_factor,
         "lap_mean_posed": weights.lap_mean_posed,
         "lap_scale": weights.lap_scale,
@@ -134,11 +138,35 @@ def term_weights(weights: LossWeights, is_input: bool) -> dict[str, float]:
         "hand_rgb_aux": weights.hand_rgb_aux,
         "mouth_rgb": weights.mouth_rgb,
     }
+    table.update(face_patch_weights(weights, is_input))
     for variant in VARIANTS:
         table[f"mask_{variant}"] = weights.mask
         for term in GEOMETRY_TERMS:
             table[f"{term}_{variant}"] = geometry * getattr(weights, term)
     return {name: float(value) for name, value in table.items()}
+
+
+FACE_PATCH_TERMS = ("face_patch_base", "face_patch_refined", "face_patch_boundary",
+                    "face_patch_mask", "face_patch_geo")
+
+
+def face_patch_weights(weights: LossWeights, is_input: bool) -> dict[str, float]:
+    """Weights of the face-patch terms (input image only). Authors (face_patch_whole_avatar 0):
+    the face Gaussians' base render, the patch boundary distillation and the face mask at
+    face_patch each, face geo at face_patch x face_geo; ours (1): the whole avatar's base and
+    refined renders at face_patch x the variant's image weight."""
+    table = dict.fromkeys(FACE_PATCH_TERMS, 0.0)
+    if not is_input:
+        return table
+    if weights.face_patch_whole_avatar:
+        table["face_patch_base"] = weights.face_patch * weights.image_base
+        table["face_patch_refined"] = weights.face_patch * weights.image_refined
+    else:
+        table["face_patch_base"] = weights.face_patch
+        table["face_patch_boundary"] = weights.face_patch
+        table["face_patch_mask"] = weights.face_patch
+        table["face_patch_geo"] = weights.face_patch * weights.face_geo
+    return table
 
 
 def pixel_seam_weight(weights: LossWeights, is_input: bool) -> float:

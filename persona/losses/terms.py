@@ -18,15 +18,21 @@ from persona.avatar.posing import AvatarState, state_gaussians
 from persona.avatar.template import AvatarTemplate
 from persona.losses import geometry as geo_losses
 from persona.losses import regularizers as reg
-from persona.losses.face_patch import crop_camera, crop_image, face_box
+from persona.losses.colour import hand_image_tv_loss
+from persona.losses.colour import hand_rgb_aux_loss as colour_hand_rgb_aux
+from persona.losses.colour import mouth_rgb_loss as colour_mouth_rgb
+from persona.losses.face_patch import crop_camera, crop_image, face_box, face_geo_loss
 from persona.losses.image import image_loss_map, weighted_mean
-from persona.losses.seams import detect_seams
+from persona.losses.seams import detect_seams, seam_distill_loss
 from persona.losses.table import LossWeights, pixel_seam_weight
 from persona.render.projection import project_points
 from persona.render.types import Camera, ChannelGroup, Renderer, RenderSettings
 
 Terms = dict[str, tuple[Tensor, float]]  # term name -> (value, weight)
-REGION_CHANNELS = ("hands", "eyes", "face")  # order of the "regions" render channel group
+# Order of the "regions" render channel group (template region names); the last is the
+# authors' is_face (face_expr | eyes).
+REGION_CHANNELS = ("hands", "eyes", "face_gaussians")
+FACE_CHANNEL = REGION_CHANNELS.index("face_gaussians")
 SILHOUETTE_LABELS = {1: "hands", 2: "eyes"}  # face label -> body region (z-buffered silhouettes)
 SILHOUETTE_LABEL_OF = {"hand_mask": 1, "eye_mask": 2}  # loss term -> its face label
 SILHOUETTE_CHANNEL_OF = {"hand_mask": "hands", "eye_mask": "eyes"}  # loss term -> region channel
@@ -49,7 +55,8 @@ def image_loss_fn(loss_weights: LossWeights, lpips_fn: Callable | None) -> LossM
     def loss_map(render: Tensor, target: Tensor) -> Tensor:
         return image_loss_map(hwc_to_bchw(render), hwc_to_bchw(target),
                               l1_weight=loss_weights.l1, ssim_weight=loss_weights.ssim,
-                              lpips_weight=loss_weights.lpips, lpips_fn=lpips_fn)
+                              lpips_weight=loss_weights.lpips, lpips_fn=lpips_fn,
+                              lpips_spatial=bool(loss_weights.lpips_spatial))
     return loss_map
 
 
@@ -80,8 +87,10 @@ def normal_validity(alpha: Tensor, target_normal: Tensor) -> Tensor:
     return (alpha[..., 0] > NORMAL_VALID_ALPHA) & (target_normal.norm(dim=-1) > NORMAL_VALID_NORM)
 
 
-def geometry_terms(render: dict, batch: dict, variant: str, weights: dict) -> Terms:
-    """Mask, depth, normal and segmentation terms of one variant."""
+def geometry_terms(render: dict, batch: dict, variant: str, weights: dict,
+                   mean_over_valid: bool = False) -> Terms:
+    """Mask, depth, normal and segmentation terms of one variant. Normal and seg maps are
+    averaged over all pixels (authors) or, with mean_over_valid, over valid pixels (ours)."""
     terms = {}
     w = weights[f"mask_{variant}"]
     if w > 0:
@@ -95,33 +104,56 @@ def geometry_terms(render: dict, batch: dict, variant: str, weights: dict) -> Te
         normal = F.normalize(render["normal"], dim=-1)
         valid = normal_validity(render["alpha"], batch["normal"][0])
         terms[f"normal_{variant}"] = (
-            geo_losses.normal_loss(normal, batch["normal"][0], valid), w)
+            geo_losses.normal_loss(normal, batch["normal"][0], valid, mean_over_valid), w)
     w = weights[f"seg_{variant}"]
     if w > 0:
         foreground = batch["mask"][0][..., 0] > SEG_FOREGROUND_MASK
         terms[f"seg_{variant}"] = (
-            geo_losses.seg_loss(render["seg"], batch["seg"][0], foreground), w)
+            geo_losses.seg_loss(render["seg"], batch["seg"][0], foreground, mean_over_valid), w)
     return terms
 
 
-def seams_and_pixel_weights(base: dict, loss_weights: LossWeights, is_input: bool,
+def seams_and_pixel_weights(render: dict, loss_weights: LossWeights, is_input: bool,
                             dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Seams [H, W] bool of the base render (its "canonical" positional colours, outside the
-    face region) and the pixel weights [1, 1, H, W] of the image terms (the table's seam
-    weight on seams, 1 elsewhere)."""
-    face = base["regions"][..., REGION_CHANNELS.index("face")] > FACE_REGION_ALPHA
-    seams = detect_seams(base["canonical"], base["alpha"], face)
+    """Seams [H, W] bool of one variant's render (its "canonical" positional colours, outside
+    the face region) and the pixel weights [1, 1, H, W] of that variant's image terms (the
+    table's seam weight on seams, 1 elsewhere)."""
+    face = render["regions"][..., FACE_CHANNEL] > FACE_REGION_ALPHA
+    seams = detect_seams(render["canonical"], render["alpha"], face)
     seam_weight = pixel_seam_weight(loss_weights, is_input)
     return seams, torch.where(seams, seam_weight, 1.0).to(dtype)[None, None]
 
 
-def seam_distill_terms(base: dict, seams: Tensor, weight: float) -> Terms:
-    """rgb (geometry detached) vs the detached rgb_aux render inside seams [H, W]."""
+def seam_distill_terms(render: dict, image: Tensor, seams: Tensor, name: str, weight: float,
+                       loss_map: LossMapFn) -> Terms:
+    """The authors' seam distillation of one variant: the full image loss of its rgb render
+    (geometry detached) against the detached rgb_aux render, both composited over the image
+    with the detached alpha, inside that variant's seams [H, W]."""
     if weight <= 0:
         return {}
-    seam = seams.unsqueeze(-1).to(base["rgb_geo_detached"].dtype)  # [H, W, 1]
-    diff = (base["rgb_geo_detached"] - base["rgb_aux_all_detached"]) * seam
-    return {"seam_distill": (diff.abs().mean(), weight)}
+    background = image * (1 - render["alpha"].detach())  # [H, W, 3]
+    value = seam_distill_loss(render["rgb_geo_detached"] + background,
+                              render["rgb_aux_all_detached"] + background, seams, loss_map)
+    return {name: (value, weight)}
+
+
+def face_geo_terms(render: dict, image: Tensor, weight: float) -> Terms:
+    """face_geo (METHOD.md section 12): the face Gaussians rendered in their frozen initial
+    colours ("face_init", other Gaussians black) composited with the face alpha over the image,
+    L1 against it; only geometry gets gradient."""
+    if weight <= 0 or "face_init" not in render:
+        return {}
+    face_alpha = render["regions"][..., FACE_CHANNEL : FACE_CHANNEL + 1]  # [H, W, 1]
+    return {"face_geo": (face_geo_loss(render["face_init"], face_alpha, image), weight)}
+
+
+def hand_colour_terms(hand_renders: list[dict], weight: float) -> Terms:
+    """Squared TV of each hand's own render (geometry detached) inside its alpha > 0.9."""
+    if weight <= 0 or not hand_renders:
+        return {}
+    images = torch.stack([r["rgb"] for r in hand_renders])  # [K, H, W, 3]
+    alphas = torch.stack([r["alpha"] for r in hand_renders])  # [K, H, W, 1]
+    return {"hand_rgb_tv": (hand_image_tv_loss(images, alphas), weight)}
 
 
 def silhouette_weights(weights: dict) -> dict[str, float]:
@@ -188,6 +220,7 @@ def regulariser_terms(state: AvatarState, template: AvatarTemplate, log_scale: T
     rgb = state.rgb["base"]
     scale_values = log_scale if lw.lap_scale_on_log else log_scale.exp()
     relative = bool(lw.lap_mean_relative)
+    squared = not lw.colour_reg_abs
     candidates = {
         "lap_mean": lambda: reg.mean_laplacian_loss(
             state.canonical_refined, t.canonical_vertices, t.laplacian, masks,
@@ -202,11 +235,12 @@ def regulariser_terms(state: AvatarState, template: AvatarTemplate, log_scale: T
         "lap_scale_original": lambda: reg.laplacian_energy(
             scale_values[: t.num_original_vertices], t.original_laplacian),
         "lap_rgb": lambda: reg.laplacian_energy(rgb, t.laplacian),
-        "hand_rgb_tv": lambda: reg.hand_rgb_tv(rgb, edges, masks["hands"]),
-        "hand_rgb_aux": lambda: reg.hand_rgb_aux_loss(rgb, state.rgb_aux, masks["hands"]),
-        "mouth_rgb": lambda: reg.mouth_rgb_loss(rgb, masks["mouth_interior"],
-                                                masks["mouth_ring"]),
+        "hand_rgb_aux": lambda: colour_hand_rgb_aux(rgb, state.rgb_aux, masks["hands"], squared),
+        "mouth_rgb": lambda: colour_mouth_rgb(rgb, masks["mouth_interior"], masks["mouth_ring"],
+                                              squared),
     }
+    if lw.hand_rgb_tv_on_mesh:  # ours before: |.| TV of Gaussian colours over mesh edges
+        candidates["hand_rgb_tv"] = lambda: reg.hand_rgb_tv(rgb, edges, masks["hands"])
     return {name: (compute(), weights[name]) for name, compute in candidates.items()
             if weights.get(name, 0.0) > 0}
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from persona.losses.colour import hand_rgb_aux_loss, mouth_rgb_loss
 from persona.losses.regularizers import (
     LEVEL_SCALED_TERMS,
-    hand_rgb_aux_loss,
     hand_rgb_tv,
     laplacian_energy,
     laplacian_level_factor,
@@ -13,7 +13,6 @@ from persona.losses.regularizers import (
     laplacian_region_factors,
     level_scaled_weights,
     mean_laplacian_loss,
-    mouth_rgb_loss,
     posed_laplacian_loss,
     template_relative_mask,
 )
@@ -99,7 +98,7 @@ def test_hand_tv_aux_and_mouth() -> None:
     hands[[0, 1, 5]] = True  # edges (0,1) diff 0.01, (0,5) diff 0.05, (1,5) diff 0.04
     assert float(hand_rgb_tv(colours, edges, hands)) == pytest.approx(0.1 / 3)
     aux = torch.full((25, 3), 0.5, requires_grad=True)
-    loss = hand_rgb_aux_loss(colours, aux, hands)
+    loss = hand_rgb_aux_loss(colours, aux, hands, squared=False)  # ours: |.|
     assert float(loss) == pytest.approx(0.5 - 0.02)
     loss.backward()
     assert aux.grad is None  # rgb_aux is only a target
@@ -107,8 +106,8 @@ def test_hand_tv_aux_and_mouth() -> None:
     mouth[12] = True
     ring = torch.zeros(25, dtype=torch.bool)
     ring[[7, 11, 13, 17]] = True  # mean colour 0.12
-    assert float(mouth_rgb_loss(colours, mouth, ring)) == pytest.approx(0.0, abs=1e-7)
-    assert float(mouth_rgb_loss(colours, ring, mouth)) == pytest.approx(0.03)
+    assert float(mouth_rgb_loss(colours, mouth, ring, False)) == pytest.approx(0.0, abs=1e-7)
+    assert float(mouth_rgb_loss(colours, ring, mouth, squared=False)) == pytest.approx(0.03)
 
 
 def test_mean_and_posed_laplacian_wrappers() -> None:

@@ -1,4 +1,5 @@
-"""The loss weight table pinned to METHOD.md section 5 for both splits."""
+"""The loss weight table pinned to the authors' code (METHOD.md sections 5 and 12) for both
+splits."""
 
 import dataclasses
 
@@ -21,11 +22,16 @@ EXPECTED = {
     "seg_refined": (0.1, 1.0),
     "rgb_aux_refined": (0.0, 1.0),
     "seam_distill": (1.0, 0.0),
-    "face_patch_base": (0.1, 0.0),  # face_patch 0.1 x image_base 1, input image only
-    "face_patch_refined": (0.01, 0.0),  # face_patch 0.1 x image_refined 0.1
+    "seam_distill_refined": (1.0, 0.0),  # METHOD.md section 12: refined render, own seams
+    "face_geo": (1.0, 0.0),  # face Gaussians in initial colours vs the image
+    "face_patch_base": (0.1, 0.0),  # authors' patch terms, input image only, x0.1 each
+    "face_patch_refined": (0.0, 0.0),  # ours only (face_patch_whole_avatar 1)
+    "face_patch_boundary": (0.1, 0.0),
+    "face_patch_mask": (0.1, 0.0),
+    "face_patch_geo": (0.1, 0.0),  # face_patch 0.1 x face_geo 1
     "hand_mask": (0.0, 50.0),
     "eye_mask": (1.0, 1.0),
-    "lap_mean": (1e5, 1e5),
+    "lap_mean": (0.0, 0.0),  # the authors have no Laplacian on canonical refined means
     "lap_mean_base": (1e6, 1e6),
     "lap_mean_posed": (1e5, 1e5),
     "lap_scale": (1e6, 1e6),

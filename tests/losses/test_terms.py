@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from persona.losses import terms as T
+from persona.losses.table import LossWeights
 from persona.render import TorchRenderer, make_renderer
 
 H, W = 6, 5
@@ -62,12 +63,21 @@ def test_silhouette_terms_score_region_renders_against_targets():
 
 
 def test_seam_distillation_only_inside_seams_and_nonfinite_names():
-    base = {"rgb_geo_detached": torch.ones(H, W, 3), "rgb_aux_all_detached": torch.zeros(H, W, 3)}
+    """The authors' seam distillation: the full image loss inside the seams only, under the
+    variant's own term name; the rgb_aux render is a detached target."""
+    aux = torch.zeros(H, W, 3, requires_grad=True)
+    render = {"rgb_geo_detached": torch.ones(H, W, 3), "rgb_aux_all_detached": aux,
+              "alpha": torch.ones(H, W, 1)}
+    image = torch.zeros(H, W, 3)
+    loss_map = T.image_loss_fn(LossWeights(lpips=0.0), None)
     seams = torch.zeros(H, W, dtype=torch.bool)
-    assert float(T.seam_distill_terms(base, seams, 1.0)["seam_distill"][0]) == 0.0
+    args = (render, image, seams, "seam_distill_refined", 1.0, loss_map)
+    assert float(T.seam_distill_terms(*args)["seam_distill_refined"][0]) == 0.0
     seams[0, 0] = True
-    assert float(T.seam_distill_terms(base, seams, 1.0)["seam_distill"][0]) > 0.0
-    assert T.seam_distill_terms(base, seams, 0.0) == {}
+    value = T.seam_distill_terms(*args)["seam_distill_refined"][0]
+    assert float(value) > 0.0
+    assert T.seam_distill_terms(render, image, seams, "seam_distill", 0.0, loss_map) == {}
+    assert not value.requires_grad  # nothing but the detached target and a constant render
     terms = {"a": (torch.tensor(1.0), 1.0), "b": (torch.tensor(float("nan")), 1.0)}
     assert T.nonfinite_terms(terms) == ["b"]
     assert torch.isnan(T.total_loss(terms))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -193,11 +194,19 @@ def test_bad_inputs_name_the_field() -> None:
         TorchRenderer().render(g, camera, {"alpha": ChannelGroup(torch.ones(3, 1))})
 
 
+def _expected_auto_renderer() -> type:
+    """"auto": gsplat's renderer on a CUDA host where gsplat is installed, else the torch one."""
+    if torch.cuda.is_available() and importlib.util.find_spec("gsplat") is not None:
+        from persona.render.gsplat_renderer import GsplatRenderer
+
+        return GsplatRenderer
+    return TorchRenderer
+
+
 def test_make_renderer() -> None:
     assert isinstance(make_renderer("torch"), TorchRenderer)
     assert isinstance(make_renderer("dense", pixel_chunk=64), DenseRenderer)
-    expected = TorchRenderer if not torch.cuda.is_available() else object
-    assert isinstance(make_renderer("auto"), expected)
+    assert type(make_renderer("auto")) is _expected_auto_renderer()
     with pytest.raises(ValueError, match="unknown renderer"):
         make_renderer("opengl")
 

@@ -1,0 +1,82 @@
+"""experiments/deformer_diagnostics.py: its statistics, and one report on a 2-step tiny run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from persona.cli import main as persona_main
+from persona.data.synth import preset_config, synthesize
+from persona.lightning_cli import BASE_CONFIG
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "deformer_diagnostics.py"
+TINY = str(BASE_CONFIG.parent / "tiny.yaml")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("deformer_diagnostics", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+diag = _load_script()
+
+
+def test_frame_to_frame_skips_sequence_boundaries() -> None:
+    offsets = torch.zeros(4, 2, 3)  # [T, G, 3]
+    offsets[1, :, 0] = 0.001  # +1 mm at frame 1
+    offsets[2, :, 0] = 0.101  # a jump between sequences (frames 1 -> 2)
+    offsets[3, :, 0] = 0.103
+    pairs = diag.consecutive_pairs([2, 2])
+    assert pairs.tolist() == [True, False, True]
+    assert diag.frame_to_frame_mm(offsets, pairs) == pytest.approx(1.5, rel=1e-4)
+
+
+def test_matching_by_index_then_by_nearest_neighbour() -> None:
+    points = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
+    index, method = diag.match_gaussians(points, points.clone())
+    assert method == "vertex_index" and torch.equal(index, torch.arange(50))
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    index, method = diag.match_gaussians(points[order], points + 1e-4)
+    assert method == "nearest_neighbour" and torch.equal(order[index], torch.arange(50))
+
+
+def test_part_report_of_a_perfect_and_of_a_blind_deformer() -> None:
+    truth = torch.randn(5, 7, 3, generator=torch.Generator().manual_seed(2)) * 0.01  # [T, G, 3]
+    mean = truth.mean(0)
+    pairs = diag.consecutive_pairs([5])
+    perfect = diag.part_report(truth - mean, mean, truth, mean, pairs)
+    assert perfect["correlation_with_truth_pose_part"] == pytest.approx(1.0)
+    assert perfect["total_error_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect["static_error_mm"] == pytest.approx(0.0, abs=1e-6)
+    blind = diag.part_report(torch.zeros_like(truth), mean, truth, mean, pairs)
+    assert blind["deformer_frame_to_frame_mm"] == 0.0
+    assert math.isnan(blind["correlation_with_truth"])  # a constant deformer: no correlation
+    assert blind["zero_offset_error_mm"] == pytest.approx(diag.mean_mm(truth))
+
+
+def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    subject = tmp_path / "subject"
+    synthesize(subject, preset_config("tiny", seed=4))
+    run = tmp_path / "run"
+    assert persona_main(["fit", "--config", TINY, "--data.subject_dir", str(subject),
+                         "--trainer.default_root_dir", str(run), "--trainer.max_steps", "2",
+                         "--trainer.limit_val_batches", "0"]) == 0
+    with pytest.raises(FileNotFoundError):
+        diag.resolve_run(subject)
+    report = diag.diagnose(run)
+    assert report["matching"] == "vertex_index"  # tiny: no subdivision, the same template
+    assert report["test_poses"] >= 2 and report["training_poses"] == 8
+    for part in ("garment", "hem", "sleeves", "train_garment", "train_hem", "train_sleeves"):
+        assert report[part]["gaussians"] > 0
+    garment = report["train_garment"]
+    assert garment["truth_mean_mm"] > 1.0 and garment["truth_frame_to_frame_mm"] > 0.1
+    for key in ("deformer_mean_mm", "static_error_mm", "total_error_mm"):
+        assert math.isfinite(garment[key]), key
