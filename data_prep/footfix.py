@@ -73,6 +73,7 @@ from persona.data.subject import (
     list_splits,
     pose_from_json,
 )
+from persona.render.projection import pinhole
 from persona.render.types import Camera
 
 LEFT_ANKLE = SMPLX_JOINT_NAMES.index("left_ankle")  # SMPL-X joint 7
@@ -189,11 +190,7 @@ def _camera_arrays(cameras: Sequence[Camera], device: torch.device
 def project_per_frame(points: Tensor, K: Tensor, R: Tensor, t: Tensor) -> Tensor:
     """World points [T, N, 3] with per-frame cameras K, R [T, 3, 3], t [T, 3] -> pixels
     [T, N, 2] (centres at integer + 0.5), as `data_prep.fitting.project_points`."""
-    cam = torch.einsum("tij,tnj->tni", R, points) + t[:, None]  # [T, N, 3]
-    z = cam[..., 2:3].clamp(min=MIN_DEPTH)
-    fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
-    cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
-    return torch.cat([fx * cam[..., 0:1] / z + cx, fy * cam[..., 1:2] / z + cy], dim=-1)
+    return pinhole(points, K, R, t, MIN_DEPTH)[0]
 
 
 class FootLandmarks:

@@ -90,7 +90,7 @@ def test_gsplat_matches_torch_on_the_trained_avatar(gpu_run: Path) -> None:
     from persona.render.torch_renderer import TorchRenderer
     from persona.render.types import ChannelGroup
     from persona.runs import load_trained_system
-    from persona.system import _batch_camera
+    from persona.system_parts import batch_camera as _batch_camera
 
     system, datamodule = load_trained_system(gpu_run / "checkpoints" / "last.ckpt",
                                              device="cuda")

@@ -183,11 +183,17 @@ def test_silhouette_targets_follow_the_occlusion_switch(tiny_subject: Path):
         channels[..., 0], channels[..., 1] = targets["hand_mask"], targets["eye_mask"]
         return {"regions": channels}
 
-    for switch, match, other in ((1, occluded, alone), (0, alone, occluded)):
-        system.loss_weights.mask_occlusion = switch
-        terms = system._silhouette_terms(render_of(match), record.pose, record.camera, weights)
+    from persona.losses.step_terms import mesh_silhouette_terms
+
+    def terms_of(render: dict, occlusion: bool) -> dict:
+        return mesh_silhouette_terms(render, lambda: system.mesh_vertices(record.pose),
+                                     system.body.faces, system.frozen.face_labels, regions,
+                                     record.camera, weights, occlusion)
+
+    for switch, match, other in ((True, occluded, alone), (False, alone, occluded)):
+        terms = terms_of(render_of(match), switch)
         assert all(float(value) == 0.0 for value, _ in terms.values()), switch
-        terms = system._silhouette_terms(render_of(other), record.pose, record.camera, weights)
+        terms = terms_of(render_of(other), switch)
         assert float(terms["eye_mask"][0]) > 0.0, switch
 
 

@@ -28,14 +28,18 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 MEAN_OFFSET_SIZE = 3
 SCALE_OFFSET_SIZE = 1  # isotropic log-scale offset
 RGB_OFFSET_SIZE = 3
+TRIPLANE_PADDING_MODES = ("zeros", "border", "reflection")  # grid_sample's padding modes
 
 
 class Triplane(nn.Module):
     """Three axis-aligned feature planes over a cube of side ``extent`` centred at the origin.
 
     ``forward(positions [N, 3]) -> [N, 3 * channels]``: bilinear samples of the xy, xz and yz
-    planes, concatenated in that order. Plane corners sit at +-extent / 2 (align_corners=True);
-    points outside the cube read the border.
+    planes, concatenated in that order. The authors (METHOD.md section 12) use grid_sample's
+    defaults: align_corners=False (the planes' outer cell edges sit at +-extent / 2, cell centres
+    half a cell inside) and zero padding (points outside read zeros, fading in over the outer
+    half cell). Ours before: align_corners=True (corner cells centred at +-extent / 2) and
+    border padding (points outside read the border).
     """
 
     def __init__(
@@ -43,11 +47,18 @@ class Triplane(nn.Module):
         channels: int = 32,  # features per plane (METHOD.md section 3)
         resolution: int = 128,  # plane side in cells (METHOD.md section 3)
         extent: float = 2.0,  # cube side in the units of the query positions (2 m)
+        align_corners: bool = False,  # grid_sample's; False: the authors', True: ours before
+        padding_mode: str = "zeros",  # grid_sample's: zeros (authors) | border (ours) | reflection
     ) -> None:
         super().__init__()
+        if padding_mode not in TRIPLANE_PADDING_MODES:
+            raise ValueError(f"Triplane.padding_mode: expected one of {TRIPLANE_PADDING_MODES}, "
+                             f"got {padding_mode!r}")
         self.channels = channels
         self.resolution = resolution
         self.extent = extent
+        self.align_corners = align_corners
+        self.padding_mode = padding_mode
         self.planes = nn.Parameter(torch.zeros(NUM_PLANES, channels, resolution, resolution))
 
     @property
@@ -60,7 +71,8 @@ class Triplane(nn.Module):
         normalized = positions.to(self.planes.dtype) / (self.extent / 2.0)  # [N, 3] in [-1, 1]
         grid = torch.stack([normalized[:, list(axes)] for axes in PLANE_AXES])  # [3, N, 2]
         sampled = F.grid_sample(self.planes, grid[:, None], mode="bilinear",
-                                padding_mode="border", align_corners=True)  # [3, C, 1, N]
+                                padding_mode=self.padding_mode,
+                                align_corners=self.align_corners)  # [3, C, 1, N]
         return sampled[:, :, 0].permute(2, 0, 1).reshape(positions.shape[0], -1)  # [N, 3C]
 
 
@@ -95,6 +107,8 @@ class PoseDeformer(nn.Module):
         num_hidden_layers: int = 3,  # Linear + GroupNorm + ReLU blocks before the output layer
         norm_groups: int = 4,  # GroupNorm groups per hidden layer
         output_scale: float = 0.01,  # the MLP output is multiplied by this (the code's / 100)
+        triplane_align_corners: bool = False,  # grid_sample align_corners (authors: False)
+        triplane_padding_mode: str = "zeros",  # grid_sample padding (authors: zeros; ours: border)
     ) -> None:
         super().__init__()
         if mode not in ("off", "mean", "mean_scale", "mean_rgb"):
@@ -111,7 +125,9 @@ class PoseDeformer(nn.Module):
         self.register_buffer("pose_joint_mask", body_pose_joint_mask(ring_size), persistent=False)
         if mode == "off":
             return
-        self.triplane = Triplane(triplane_channels, triplane_resolution, triplane_extent)
+        self.triplane = Triplane(triplane_channels, triplane_resolution, triplane_extent,
+                                 align_corners=triplane_align_corners,
+                                 padding_mode=triplane_padding_mode)
         pose_features = NUM_BODY_JOINTS * ROTATION_6D_SIZE
         self.input_layer = nn.Linear(self.triplane.out_features + pose_features, hidden_dim)
         self.input_norm = nn.GroupNorm(norm_groups, hidden_dim)

@@ -113,12 +113,24 @@ def triplane_template_positions(body: BodyModel, jaw_open_angle: float) -> Tenso
     return (vertices - centre) / TRIPLANE_UNIT_METRES
 
 
+TRIPLANE_CENTRES = ("mean", "bbox")
+
+
+def centred_triplane_positions(positions: Tensor, centre: str) -> Tensor:
+    """Triplane positions [N, 3] (bounding-box centred) re-centred on their mean (the authors,
+    METHOD.md section 12: on the subdivided vertices) or kept ("bbox", ours before)."""
+    if centre not in TRIPLANE_CENTRES:
+        raise ValueError(f"triplane_centre: expected one of {TRIPLANE_CENTRES}, got {centre!r}")
+    return positions - positions.mean(dim=0) if centre == "mean" else positions
+
+
 def build_avatar_template(
     body: BodyModel,
     identity: Identity,
     subdivision_levels: int,  # midpoint subdivisions of the body mesh (METHOD.md: 2)
     jaw_open_angle: float = DEFAULT_JAW_OPEN_ANGLE,  # jaw opening of the triplane template (rad)
     laplacian_max_neighbours: int = LAPLACIAN_MAX_NEIGHBOURS,  # neighbours per Laplacian row
+    triplane_centre: str = "mean",  # triplane positions centred on their mean (authors) | bbox
     no_deform_face: str = FACE_EXPR,  # face part of no_deform: face_expr (authors) | face (ours)
 ) -> AvatarTemplate:
     """Subdivide the subject's big-pose body and carry the per-vertex attributes along.
@@ -177,7 +189,8 @@ def build_avatar_template(
         lbs_weights=lbs_weights,
         exprdirs=attributes["exprdirs"],
         region_masks=regions,
-        triplane_positions=attributes["triplane_positions"],
+        triplane_positions=centred_triplane_positions(attributes["triplane_positions"],
+                                                     triplane_centre),
         dominant_joint=lbs_weights.argmax(dim=1),
         num_original_vertices=body.num_vertices,
         original_faces=original_faces,

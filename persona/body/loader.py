@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,9 +55,25 @@ class BodySpec:
                              f"smplx/SMPLX_{self.gender.upper()}.npz)")
 
 
+def missing_ids_warning(path: Path) -> str:
+    """The warning for a SMPL-X file without both official vertex-id files (issue 10: no silent
+    fallbacks): which files are missing and that the masks are derived instead."""
+    from persona.body.model import DERIVED_FROM_WEIGHTS
+    from persona.body.regions import FLAME_IDS_FILE, MANO_IDS_FILE, find_auxiliary_file
+
+    missing = [n for n in (MANO_IDS_FILE, FLAME_IDS_FILE) if find_auxiliary_file(path, n) is None]
+    return (f"{path}: SMPL-X vertex-id file(s) {missing} not found next to the "
+            f"model or in its folder; the hand, face and eye region masks are "
+            f"{DERIVED_FROM_WEIGHTS} (an approximation; metrics.json records "
+            f"region_mask_source).")
+
+
 def body_from_file(path: Path, spec: BodySpec, name: str, official_ids: bool = True,
                    ) -> BodyModel:
-    """Validate a SMPL-X-format file, build the smplx layer from it, wrap it as a BodyModel."""
+    """Validate a SMPL-X-format file, build the smplx layer from it, wrap it as a BodyModel.
+    official_ids: look for the official hand/face vertex ids next to the file; when they are
+    missing the masks are derived from the skinning weights, with a warning (Python shows an
+    identical warning once)."""
     from persona.body.regions import read_official_ids, region_masks
 
     arrays = read_smplx_npz(path)  # clear errors for truncated / incomplete files
@@ -64,6 +81,8 @@ def body_from_file(path: Path, spec: BodySpec, name: str, official_ids: bool = T
                               spec.gender)
     num_vertices = arrays["v_template"].shape[0]
     official = read_official_ids(path, num_vertices) if official_ids else None
+    if official_ids and official is None:
+        warnings.warn(missing_ids_warning(path), UserWarning, stacklevel=2)
     vertices = layer.v_template.detach()
     rest_joints = layer.J_regressor.detach() @ vertices
     masks, source = region_masks(vertices, layer.lbs_weights.detach(), rest_joints,

@@ -57,6 +57,13 @@ def log_metrics_table(loggers: list, report: MetricsReport, thumbnails: dict[str
     return count
 
 
+def region_mask_source(pl_module) -> str | None:  # noqa: ANN001
+    """Where the body's hand/face/eye masks came from (persona.body.model OFFICIAL_IDS or
+    DERIVED_FROM_WEIGHTS), or None when the module has no body."""
+    body = getattr(pl_module, "body", None)
+    return getattr(body, "region_mask_source", None)
+
+
 def frame_record(outputs, batch, batch_idx: int, pl_module=None) -> tuple:  # noqa: ANN001
     """(frame name, metrics, thumbnail or None) from a test_step output (see module docstring)."""
     if not isinstance(outputs, dict):
@@ -117,7 +124,9 @@ class TestMetricsWriter(Callback):
             return
         path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "metrics.json"
         ckpt = getattr(trainer, "ckpt_path", None)
-        self.written = self.report.write(path, extra={"ckpt_path": str(ckpt) if ckpt else None})
+        extra = {"ckpt_path": str(ckpt) if ckpt else None,
+                 "region_mask_source": region_mask_source(pl_module)}
+        self.written = self.report.write(path, extra=extra)
         means = {f"test/{k}": v for k, v in self.report.mean().items() if math.isfinite(v)}
         for logger in trainer.loggers:
             logger.log_metrics(means, step=int(trainer.global_step))

@@ -141,9 +141,24 @@ class SubjectFrames(Dataset):
         return sample
 
 
+# Per-frame flags also kept as Python bools ("<flag>_host"): Lightning moves tensors to the
+# device, and reading a flag there would wait for the device on every step.
+HOST_FLAGS = ("is_input", "has_albedo")
+
+
+def host_flag(batch: dict[str, Any], name: str) -> bool:
+    """A flag of the first frame of a batch, read from its host copy when collate made one."""
+    host = batch.get(f"{name}_host")
+    return bool(host[0]) if host is not None else bool(batch[name][0])
+
+
 def collate_frames(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors along a new batch dim; ``split`` becomes a list; height/width stay ints."""
+    """Stack tensors along a new batch dim; ``split`` becomes a list; height/width stay ints;
+    HOST_FLAGS are also kept as lists of Python bools ("<flag>_host")."""
     batch: dict[str, Any] = {}
+    for flag in HOST_FLAGS:
+        if flag in samples[0]:
+            batch[f"{flag}_host"] = [bool(s[flag]) for s in samples]
     for key, value in samples[0].items():
         if isinstance(value, Tensor):
             batch[key] = torch.stack([s[key] for s in samples])

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from persona.avatar.posing import AvatarState, state_gaussians
 from persona.avatar.template import AvatarTemplate
+from persona.data.datamodule import host_flag
 from persona.losses import geometry as geo_losses
 from persona.losses import regularizers as reg
 from persona.losses.colour import hand_image_tv_loss
@@ -71,7 +72,7 @@ def image_terms(render: dict, batch: dict, variant: str, weights: dict,
         pixels = loss_map(render["rgb"] + image * (1 - alpha), image)
         terms[f"image_{variant}"] = (weighted_mean(pixels, seam_map), w)
     w = weights.get(f"albedo_{variant}", 0.0)
-    if w > 0 and bool(batch["has_albedo"][0]):
+    if w > 0 and host_flag(batch, "has_albedo"):
         albedo = batch["albedo"][0]
         pixels = loss_map(render["rgb"] + albedo * (1 - alpha), albedo)
         terms[f"albedo_{variant}"] = (weighted_mean(pixels, seam_map), w)

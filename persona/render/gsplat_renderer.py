@@ -51,6 +51,17 @@ class GsplatRenderer:
                    colors: Tensor, camera: Camera) -> tuple[Tensor, Tensor]:
         from gsplat import rasterization
 
+        # gsplat's kernels take float32: under trainer.precision 16-mixed / bf16-mixed the
+        # inputs may arrive in half precision, so they are cast and autocast is off here
+        means, quats, scales, opacities, colors = (
+            x.float() for x in (means, quats, scales, opacities, colors))
+        with torch.autocast(means.device.type, enabled=False):
+            return self._rasterize_float32(means, quats, scales, opacities, colors, camera,
+                                           rasterization)
+
+    def _rasterize_float32(self, means: Tensor, quats: Tensor, scales: Tensor,
+                           opacities: Tensor, colors: Tensor, camera: Camera, rasterization
+                           ) -> tuple[Tensor, Tensor]:
         viewmat = torch.eye(4, dtype=means.dtype, device=means.device)
         viewmat[:3, :3] = camera.R.to(means)
         viewmat[:3, 3] = camera.t.to(means)

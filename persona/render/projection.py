@@ -132,17 +132,24 @@ def project(gaussians: Gaussians, camera: Camera, eps2d: float = EPS2D) -> Proje
 MIN_PROJECTION_DEPTH = 1e-6  # m: camera z is clamped to this before the pinhole division
 
 
-def project_points(points: Tensor, camera: Camera, min_depth: float = MIN_PROJECTION_DEPTH
-                   ) -> tuple[Tensor, Tensor]:
-    """The one pinhole projection: world points [..., N, 3] -> pixel coordinates uv [..., N, 2]
-    (u = fx x / z + cx, pixel centres at integer + 0.5) and camera-space z [..., N] (not
-    clamped). z is clamped to ``min_depth`` only for the division. The camera's tensors are cast
-    to the points' dtype and device; gradients flow to ``points``."""
-    rotation = camera.R.to(points)  # [3, 3]
-    cam = points @ rotation.T + camera.t.to(points)  # [..., N, 3]
-    K = camera.K.to(points)
+def pinhole(points: Tensor, K: Tensor, R: Tensor, t: Tensor,
+            min_depth: float = MIN_PROJECTION_DEPTH) -> tuple[Tensor, Tensor]:
+    """The one pinhole projection, for one camera or a batch of them: world points [..., N, 3]
+    with K, R [..., 3, 3] and t [..., 3] (leading dims broadcast with the points') -> pixel
+    coordinates uv [..., N, 2] (u = fx x / z + cx, pixel centres at integer + 0.5) and
+    camera-space z [..., N] (not clamped; clamped to ``min_depth`` only for the division)."""
+    cam = (points @ R.transpose(-1, -2)) + t[..., None, :]  # [..., N, 3]
     z = cam[..., 2]  # [..., N]
     z_div = z.clamp(min=min_depth)
-    uv = torch.stack([K[0, 0] * cam[..., 0] / z_div + K[0, 2],
-                      K[1, 1] * cam[..., 1] / z_div + K[1, 2]], dim=-1)  # [..., N, 2]
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]  # [..., 1]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
+    uv = torch.stack([fx * cam[..., 0] / z_div + cx, fy * cam[..., 1] / z_div + cy], dim=-1)
     return uv, z
+
+
+def project_points(points: Tensor, camera: Camera, min_depth: float = MIN_PROJECTION_DEPTH
+                   ) -> tuple[Tensor, Tensor]:
+    """`pinhole` with one Camera: world points [..., N, 3] -> uv [..., N, 2], z [..., N]. The
+    camera's tensors are cast to the points' dtype and device; gradients flow to ``points``."""
+    return pinhole(points, camera.K.to(points), camera.R.to(points), camera.t.to(points),
+                   min_depth)

@@ -136,7 +136,9 @@ def test_mode_off_has_no_parameters_and_returns_zeros() -> None:
 
 
 def test_triplane_bilinear_sampling_known_values() -> None:
-    triplane = Triplane(channels=1, resolution=3, extent=2.0)
+    """Ours before (align_corners=True, border padding), kept as an option."""
+    triplane = Triplane(channels=1, resolution=3, extent=2.0, align_corners=True,
+                        padding_mode="border")
     with torch.no_grad():
         # Plane xy: value = u index (x); plane xz: value = 10 * v index (z); plane yz: 0.
         triplane.planes[0, 0] = torch.tensor([0.0, 1.0, 2.0]).expand(3, 3)
@@ -149,6 +151,27 @@ def test_triplane_bilinear_sampling_known_values() -> None:
     torch.testing.assert_close(features[:, 0], torch.tensor([0.0, 1.5, 2.0, 2.0]))
     torch.testing.assert_close(features[:, 1], torch.tensor([0.0, 15.0, 10.0, 10.0]))
     torch.testing.assert_close(features[:, 2], torch.zeros(4))
+
+
+def test_triplane_authors_sampling_cell_centres_and_zero_padding() -> None:
+    """The authors' grid_sample defaults (METHOD.md section 12), now Triplane's defaults: cell
+    centres half a cell inside +-extent / 2, zeros outside. Old behaviour caught: corners at
+    +-extent / 2 and border padding (x = 1 read 3 and x = 3 read 3 below, not 1.5 and 0)."""
+    triplane = Triplane(channels=1, resolution=3, extent=2.0)
+    assert (triplane.align_corners, triplane.padding_mode) == (False, "zeros")
+    assert (PoseDeformer(triplane_resolution=4).triplane.align_corners,
+            PoseDeformer(triplane_resolution=4).triplane.padding_mode) == (False, "zeros")
+    with torch.no_grad():
+        triplane.planes[0, 0] = torch.tensor([1.0, 2.0, 3.0]).expand(3, 3)  # xy: 1 + u index
+    # Cell centres at x = -2/3, 0, 2/3 (index i at (2 i + 1) / 3 - 1); y = 0 is the middle row.
+    x = torch.tensor([-2.0 / 3.0, 0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 3.0])
+    points = torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], dim=1)
+    features = triplane(points)  # [6, 3]
+    # x = 1: half way between the last centre (3) and the zero padding; x = 3: outside.
+    torch.testing.assert_close(features[:, 0], torch.tensor([1.0, 2.0, 2.5, 3.0, 1.5, 0.0]))
+    torch.testing.assert_close(features[:, 1:], torch.zeros(6, 2))
+    with pytest.raises(ValueError, match="padding_mode"):
+        Triplane(padding_mode="edge")
 
 
 def test_bad_inputs_name_the_argument() -> None:

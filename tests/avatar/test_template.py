@@ -30,11 +30,19 @@ def test_template_without_subdivision(body) -> None:
 
 
 def test_triplane_positions_zero_betas_open_jaw_centred(body) -> None:
-    template = build_avatar_template(body, random_identity(body), subdivision_levels=0)
-    closed = build_avatar_template(body, random_identity(body, scale=2.0), 0, jaw_open_angle=0.0)
+    template = build_avatar_template(body, random_identity(body), subdivision_levels=0,
+                                     triplane_centre="bbox")
+    closed = build_avatar_template(body, random_identity(body, scale=2.0), 0, jaw_open_angle=0.0,
+                                   triplane_centre="bbox")
     positions = template.triplane_positions
     centre = (positions.amin(0) + positions.amax(0)) / 2
     torch.testing.assert_close(centre, torch.zeros(3), atol=1e-6, rtol=0)
+    # the authors' centring (default): the mean of the (subdivided) vertices is the origin
+    authors = build_avatar_template(body, random_identity(body), subdivision_levels=1)
+    torch.testing.assert_close(authors.triplane_positions.mean(0), torch.zeros(3), atol=1e-6,
+                               rtol=0)
+    with pytest.raises(ValueError, match="triplane_centre"):
+        build_avatar_template(body, random_identity(body), 0, triplane_centre="median")
     # Independent of the identity; only jaw-driven vertices move when the jaw opens.
     jaw = body.lbs_weights[:, JAW_JOINT] > 0.5
     assert jaw.any()
