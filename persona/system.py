@@ -200,9 +200,13 @@ class PersonaSystem(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         is_input = host_flag(batch, "is_input")  # no device synchronisation
         lw, t, frozen = self.loss_weights, self.template, self.frozen
-        weights = reg.level_scaled_weights(term_weights(lw, is_input), t.median_edge_length,
-                                           t.original_median_edge_length,
-                                           lw.lap_reference_edge, lw.lap_level_exponent)
+        on_reference = bool(lw.lap_level_on_reference)  # the level rule (docs: item 5)
+        weights = reg.level_scaled_weights(
+            term_weights(lw, is_input), t.median_edge_length, t.original_median_edge_length,
+            lw.lap_reference_edge, lw.lap_level_exponent,
+            skip=reg.MEAN_LAPLACIAN_TERMS if on_reference else ())
+        share = (reg.level_template_share(t.median_edge_length, lw.lap_reference_edge,
+                                          lw.lap_level_exponent) if on_reference else 1.0)
         frame_id = batch["frame_id"]
         pose = self.frame_params(frame_id)
         state = self.posed_state(pose, self.frame_params.body_pose_6d(frame_id))
@@ -231,7 +235,7 @@ class PersonaSystem(LightningModule):
             hands = passes.render_hands(t, state, camera, self.renderer)
             terms.update(loss_terms.hand_colour_terms(hands, weights["hand_rgb_tv"]))
         terms.update(loss_terms.regulariser_terms(state, t, self.avatar.log_scale,
-                                                  frozen.edges, weights, lw))
+                                                  frozen.edges, weights, lw, share))
         loss = loss_terms.total_loss(terms)
         for name, (value, weight) in terms.items():
             self.log(f"train/loss/{name}", value.detach(), batch_size=1)

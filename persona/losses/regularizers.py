@@ -134,6 +134,7 @@ def mean_laplacian_loss(
     face_eye_factor: float = 50.0,  # factor on eyes and the expression face
     hand_boundary_factor: float = 10.0,  # factor on hands and the expression boundary
     relative_everywhere: bool = False,  # (L x - L template)^2 on every vertex
+    template_share: float = 1.0,  # share of the template's own L kept in the absolute residual
 ) -> Tensor:
     """The authors' ``lap_mean`` on the BASE canonical means (template + mean offset), without
     the global 1e5 x 10: (L x)^2 x region factors, with (L x - L template)^2 on hands, eyes and
@@ -144,12 +145,15 @@ def mean_laplacian_loss(
     factors = laplacian_region_factors(region_masks, face_eye_factor, hand_boundary_factor)
     relative = (torch.ones_like(factors, dtype=torch.bool) if relative_everywhere
                 else template_relative_mask(region_masks))
-    return laplacian_loss(means, laplacian, factors, reference, relative)
+    # absolute rows: r = L x - (1 - share) L template (share 1: the authors' (L x)^2)
+    subtracted = torch.where(relative, 1.0, 1.0 - template_share).to(means.dtype)  # [N]
+    return laplacian_loss(means, laplacian, factors, reference, subtracted)
 
 
 def posed_laplacian_loss(posed_means: Tensor, laplacian: Tensor,
                          region_masks: dict[str, Tensor],
-                         reference: Tensor | None = None) -> Tensor:
+                         reference: Tensor | None = None,
+                         reference_scale: float = 1.0) -> Tensor:
     """The authors' ``lap_mean_refined``: (L x)^2 of the POSED refined means (world space) with
     hands, eyes and face_expr excluded (weight 0; the region factors are 1 elsewhere); with
     reference [N, 3] (the posed base means; our relative form), (L x - L reference)^2: the
@@ -158,7 +162,7 @@ def posed_laplacian_loss(posed_means: Tensor, laplacian: Tensor,
     weight = (~excluded).to(posed_means.dtype)
     if reference is None:
         return laplacian_loss(posed_means, laplacian, weight)
-    target = apply_laplacian(laplacian, reference.to(posed_means.dtype))  # [N, 3]
+    target = apply_laplacian(laplacian, reference.to(posed_means.dtype)) * reference_scale
     return laplacian_loss(posed_means, laplacian, weight, target,
                           torch.ones_like(excluded))
 
@@ -178,12 +182,28 @@ def laplacian_level_factor(
     return (reference_edge / median_edge) ** exponent
 
 
+def level_template_share(
+    median_edge: float,  # m, median edge of the subdivided mesh
+    reference_edge: float = DEFAULT_REFERENCE_EDGE,  # m, the edge the weights were tuned on
+    exponent: float = DEFAULT_LEVEL_EXPONENT,  # 0 = off (share 1)
+) -> float:
+    """sqrt(min(1, level factor)): the share of the template's own Laplacian L t kept in the
+    absolute mean Laplacians, so that the template's curvature costs at this level what it
+    costs at the reference level (its energy scales ~ h^exponent) while offsets (whose noise
+    energy per vertex does not depend on h) keep the authors' weights."""
+    return min(1.0, laplacian_level_factor(median_edge, reference_edge, exponent)) ** 0.5
+
+
+MEAN_LAPLACIAN_TERMS = ("lap_mean", "lap_mean_base", "lap_mean_posed")
+
+
 def level_scaled_weights(
     weights: dict[str, float],
     median_edge: float,  # m, subdivided mesh (AvatarTemplate.median_edge_length)
     original_median_edge: float,  # m, original topology (.original_median_edge_length)
     reference_edge: float = DEFAULT_REFERENCE_EDGE,  # m, the subdivided reference's median edge
     exponent: float = DEFAULT_LEVEL_EXPONENT,  # 0 = weights unchanged
+    skip: tuple[str, ...] = (),  # terms left unscaled (the mean Laplacians in reference mode)
 ) -> dict[str, float]:
     """A copy of term weights with the Laplacian terms rescaled by `laplacian_level_factor`:
     LEVEL_SCALED_TERMS with the subdivided mesh's edge, LEVEL_SCALED_ORIGINAL_TERMS with the
@@ -193,7 +213,7 @@ def level_scaled_weights(
         original_median_edge, reference_edge * 2 ** REFERENCE_SUBDIVISION_LEVELS, exponent)
     scaled = dict(weights)
     for name in LEVEL_SCALED_TERMS:
-        if name in scaled:
+        if name in scaled and name not in skip:
             scaled[name] = scaled[name] * factor
     for name in LEVEL_SCALED_ORIGINAL_TERMS:
         if name in scaled:

@@ -97,6 +97,10 @@ class LossWeights:
     # theory ((L x)^2 ~ h^4); 0: off (the raw numbers at every level).
     lap_level_exponent: float = 3.0
     lap_reference_edge: float = 0.002  # m, median edge of the authors' twice-subdivided SMPL-X
+    # 1: the level rule acts on the template's share of the absolute mean Laplacians (r = L x -
+    # (1 - sqrt(factor)) L template; offsets keep the authors' weights); 0: it scales the mean
+    # Laplacian weights (which also lets offset noise grow: docs/MODEL_AND_LOSSES.md item 5).
+    lap_level_on_reference: int = 1
     hand_rgb_tv: float = 100.0  # squared TV of the rendered hand images inside alpha > 0.9
     hand_rgb_tv_on_mesh: int = 0  # 1: |.| TV of hand Gaussian colours over mesh edges (ours)
     hand_rgb_aux: float = 1.0  # hand rgb toward rgb_aux (detached), squared

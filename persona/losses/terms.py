@@ -213,7 +213,8 @@ def face_patch_terms(state: AvatarState, batch: dict, camera: Camera, weights: d
 
 
 def regulariser_terms(state: AvatarState, template: AvatarTemplate, log_scale: Tensor,
-                      edges: Tensor, weights: dict, loss_weights: LossWeights) -> Terms:
+                      edges: Tensor, weights: dict, loss_weights: LossWeights,
+                      template_share: float = 1.0) -> Terms:
     """Laplacians of means / scales / colours and the hand and mouth colour terms.
     log_scale [N, 1] (the avatar's parameter), edges [E, 2] of the template mesh."""
     t, lw = template, loss_weights
@@ -225,13 +226,14 @@ def regulariser_terms(state: AvatarState, template: AvatarTemplate, log_scale: T
     candidates = {
         "lap_mean": lambda: reg.mean_laplacian_loss(
             state.canonical_refined, t.canonical_vertices, t.laplacian, masks,
-            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative),
+            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative, template_share),
         "lap_mean_base": lambda: reg.mean_laplacian_loss(
             state.canonical_base, t.canonical_vertices, t.laplacian, masks,
-            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative),
+            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative, template_share),
         "lap_mean_posed": lambda: reg.posed_laplacian_loss(
             state.means["refined"], t.laplacian, masks,
-            reference=state.means["base"].detach() if relative else None),
+            reference=state.means["base"].detach() if relative or template_share < 1 else None,
+            reference_scale=1.0 if relative else 1.0 - template_share),
         "lap_scale": lambda: reg.laplacian_energy(scale_values, t.laplacian),
         "lap_scale_original": lambda: reg.laplacian_energy(
             scale_values[: t.num_original_vertices], t.original_laplacian),

@@ -12,6 +12,7 @@ from persona.losses.regularizers import (
     laplacian_loss,
     laplacian_region_factors,
     level_scaled_weights,
+    level_template_share,
     mean_laplacian_loss,
     posed_laplacian_loss,
     template_relative_mask,
@@ -189,3 +190,36 @@ def test_level_rule_equalises_template_energy_across_subdivision_levels() -> Non
         energies[level] = (raw, raw * laplacian_level_factor(template.median_edge_length))
     assert energies[0][0] / energies[2][0] > 30
     assert 0.5 < energies[0][1] / energies[2][1] < 2.0
+
+
+def test_level_rule_on_the_template_share_keeps_offset_costs() -> None:
+    """lap_level_on_reference: the absolute residual is L x - (1 - share) L t, so the template's
+    own curvature costs share^2 of the authors' while an offset's Laplacian is unchanged; the
+    posed term subtracts (1 - share) of the posed base's Laplacian. Old behaviour (weights scaled
+    by the factor) shrinks the offset cost too."""
+    vertices, faces = _grid()
+    laplacian = uniform_laplacian(faces, 25, dtype=torch.float64)
+    regions = _regions(25)
+    curved = vertices.clone()
+    curved[:, 2] = 0.1 * (vertices[:, 0] - 2.0) ** 2  # a template with curvature
+    absolute = ~template_relative_mask(regions)
+    share = 0.25
+    full = mean_laplacian_loss(curved, curved, laplacian, regions)
+    part = mean_laplacian_loss(curved, curved, laplacian, regions, template_share=share)
+    assert float(part) == pytest.approx(share ** 2 * float(full))
+    body_vertex = int(torch.nonzero(absolute)[len(torch.nonzero(absolute)) // 2])
+    offset = torch.zeros_like(curved)
+    offset[body_vertex, 2] = 0.01  # one bumped body vertex
+    bump = (mean_laplacian_loss(curved + offset, curved, laplacian, regions, template_share=0.0)
+            - mean_laplacian_loss(curved, curved, laplacian, regions, template_share=0.0))
+    expected = mean_laplacian_loss(offset, torch.zeros_like(curved), laplacian, regions,
+                                   template_share=0.0)
+    assert float(bump) == pytest.approx(float(expected))
+    assert level_template_share(0.00697) == pytest.approx(0.1537, abs=1e-3)
+    assert level_template_share(0.001) == 1.0  # finer than the reference: the authors' form
+    posed = posed_laplacian_loss(curved + offset, laplacian, regions, reference=curved,
+                                 reference_scale=1.0 - share)
+    residual = (apply_laplacian(laplacian, curved + offset)
+                - (1.0 - share) * apply_laplacian(laplacian, curved))
+    weight = (~template_relative_mask(regions)).double()
+    assert float(posed) == pytest.approx(float((weight[:, None] * residual ** 2).mean()))
