@@ -121,9 +121,11 @@ def skinning_field(template: AvatarTemplate, skinning: SkinningConfig, cache_dir
     from persona.body.skinning import SkinningVolumeSettings, cached_skinning_field
 
     v0 = template.num_original_vertices
-    return cached_skinning_field(template.canonical_vertices[:v0], template.lbs_weights[:v0],
-                                 SkinningVolumeSettings(grid_size=skinning.grid_size),
-                                 cache_dir=cache_dir)
+    field = cached_skinning_field(template.canonical_vertices[:v0], template.lbs_weights[:v0],
+                                  SkinningVolumeSettings(grid_size=skinning.grid_size),
+                                  cache_dir=cache_dir)
+    field.padding_mode = skinning.padding_mode
+    return field
 
 
 def stacked_pose(frames: list) -> PoseParams:

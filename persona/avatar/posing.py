@@ -41,6 +41,9 @@ class SkinningConfig:
     # True (authors): the 4-ring mask's joint is the argmax of the looked-up weights, every
     # forward; False: the template's dominant joint, fixed (ours before).
     dominant_from_lookup: bool = True
+    # Outside the volume's box (30 % padding around the template) the lookup reads zeros
+    # (authors: grid_sample's default) or the border voxels (ours before).
+    padding_mode: Literal["zeros", "border"] = "zeros"
 
 
 @dataclass

@@ -155,14 +155,18 @@ class SkinningField(nn.Module):
         self.register_buffer("volume", volume)
         self.register_buffer("bbox_min", bbox_min.to(dtype))
         self.register_buffer("bbox_max", bbox_max.to(dtype))
+        # grid_sample padding outside the volume: "zeros" (the authors: zero weights there) or
+        # "border" (ours before: the nearest border voxel's weights); model.skinning.padding_mode
+        self.padding_mode = "zeros"
 
     def sample(self, points: Tensor) -> Tensor:
-        """Trilinear samples at points [N, 3] -> [N, 55] (clamped at the bbox border);
-        differentiable in points (piecewise linear: the gradient jumps at voxel faces)."""
+        """Trilinear samples at points [N, 3] -> [N, 55] (outside the bbox: zeros or the border,
+        see padding_mode); differentiable in points (piecewise linear: the gradient jumps at
+        voxel faces)."""
         points = points.to(self.volume.dtype)
         normalised = 2.0 * (points - self.bbox_min) / (self.bbox_max - self.bbox_min) - 1.0
         grid = normalised.reshape(1, 1, 1, -1, 3)
-        sampled = F.grid_sample(self.volume, grid, mode="bilinear", padding_mode="border",
+        sampled = F.grid_sample(self.volume, grid, mode="bilinear", padding_mode=self.padding_mode,
                                 align_corners=True)  # [1, 55, 1, 1, N]
         return sampled.reshape(self.volume.shape[1], -1).T
 

@@ -22,11 +22,10 @@ from persona.losses import regularizers as reg
 from persona.losses.colour import hand_image_tv_loss
 from persona.losses.colour import hand_rgb_aux_loss as colour_hand_rgb_aux
 from persona.losses.colour import mouth_rgb_loss as colour_mouth_rgb
-from persona.losses.face_patch import crop_camera, crop_image, face_box, face_geo_loss
+from persona.losses.face_patch import face_geo_loss
 from persona.losses.image import image_loss_map, weighted_mean
 from persona.losses.seams import detect_seams, seam_distill_loss
 from persona.losses.table import LossWeights, pixel_seam_weight
-from persona.render.projection import project_points
 from persona.render.types import Camera, ChannelGroup, Renderer, RenderSettings
 
 Terms = dict[str, tuple[Tensor, float]]  # term name -> (value, weight)
@@ -191,14 +190,11 @@ def face_patch_terms(state: AvatarState, batch: dict, camera: Camera, weights: d
                      loss_map: LossMapFn) -> Terms:
     """Image loss of the face patch of the input image at native resolution, rendered with
     the crop's own camera (persona/losses/face_patch.py); composited over the target."""
-    native = batch["image_native"][0]  # [H, W, 3]
-    height, width = native.shape[:2]
-    full = Camera(batch["K_native"][0], camera.R, camera.t, width, height)
-    with torch.no_grad():
-        uv, _ = project_points(state.means["base"][face_mask], full)  # [P, 2]
-    x0, y0, side = face_box(uv, width, height, loss_weights.face_patch_margin)
-    patch_camera = crop_camera(full, x0, y0, side, loss_weights.face_patch_size)
-    target = crop_image(native, x0, y0, side, loss_weights.face_patch_size)  # [S, S, 3]
+    from persona.losses.face_terms import patch_view
+
+    patch_camera, target = patch_view(state.means["base"][face_mask], batch, camera,
+                                      loss_weights.face_patch_margin,
+                                      loss_weights.face_patch_size)  # target [S, S, 3]
     terms = {}
     for variant in ("base", "refined"):
         w = weights[f"face_patch_{variant}"]

@@ -112,9 +112,21 @@ def test_thirteen_point_lookup_on_a_linear_field():
 
 def test_lookup_near_the_border_is_clamped_and_normalised(small_volume):
     field = SkinningField(*small_volume)
+    field.padding_mode = "border"  # ours before (model.skinning.padding_mode: border)
     far = torch.tensor([[10.0, 10.0, 10.0], [-10.0, 0.0, 0.0]])
     weights = field.query(far, torch.full((2,), 0.5))
     assert torch.allclose(weights.sum(-1), torch.ones(2), atol=1e-5) and weights.min() >= 0
+
+
+def test_lookup_outside_the_volume_reads_zeros_by_default(small_volume):
+    """The authors' lookup (grid_sample's zero padding): no weight at all far outside the
+    volume, the border's weights just inside. Old behaviour (border padding) gives rows
+    summing to 1 out there."""
+    field = SkinningField(*small_volume)
+    far = torch.tensor([[10.0, 10.0, 10.0], [-10.0, 0.0, 0.0]])
+    assert float(field.query(far).abs().max()) == 0.0
+    inside = ((field.bbox_min + field.bbox_max) / 2)[None]  # the volume's centre
+    assert field.query(inside).sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_volume_reproduces_template_weights_on_a_coarse_grid(procedural_body, canonical):
