@@ -26,7 +26,7 @@ PLAIN = EvalProtocol(name="plain-given-pose", background=(1.0, 1.0, 1.0), mask_c
                      paste_into_full_image=False, fit_test_pose=False, fit_steps=0)
 # One subdivision (11 mm median edges): on the bare level-0 procedural mesh (22 mm edges, far
 # coarser than the ~2 mm the authors' Laplacian weights were tuned for) the default fit did not
-# raise test PSNR in 100 steps (18.89 -> 18.89 dB; docs/MODEL_AND_LOSSES.md, item 5).
+# raise test PSNR in 100 steps (18.89 -> 18.89 dB; cause not measured yet; docs item 5).
 FAST_MODEL = dict(subdivision_levels=1, renderer="torch", skinning=SkinningConfig(grid_size=24),
                   deformer=DeformerConfig(triplane_resolution=16),
                   losses=LossWeights(lpips=0.0), eval_protocol=PLAIN)

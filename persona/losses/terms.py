@@ -23,6 +23,7 @@ from persona.losses.colour import hand_image_tv_loss
 from persona.losses.colour import hand_rgb_aux_loss as colour_hand_rgb_aux
 from persona.losses.colour import mouth_rgb_loss as colour_mouth_rgb
 from persona.losses.face_patch import face_geo_loss
+from persona.losses.face_terms import patch_view
 from persona.losses.image import image_loss_map, weighted_mean
 from persona.losses.seams import detect_seams, seam_distill_loss
 from persona.losses.table import LossWeights, pixel_seam_weight
@@ -190,8 +191,6 @@ def face_patch_terms(state: AvatarState, batch: dict, camera: Camera, weights: d
                      loss_map: LossMapFn) -> Terms:
     """Image loss of the face patch of the input image at native resolution, rendered with
     the crop's own camera (persona/losses/face_patch.py); composited over the target."""
-    from persona.losses.face_terms import patch_view
-
     patch_camera, target = patch_view(state.means["base"][face_mask], batch, camera,
                                       loss_weights.face_patch_margin,
                                       loss_weights.face_patch_size)  # target [S, S, 3]
