@@ -109,6 +109,11 @@ class FramePaths:
         return f"{self.split}/segs/{self.index}.png"
 
     @property
+    def garment_mask(self) -> str:
+        """Synthetic test frames only: uint8 {0, 255}, pixels the true garment covers."""
+        return f"{self.split}/garment_masks/{self.index}.png"
+
+    @property
     def camera(self) -> str:
         return f"{self.split}/cam_params/{self.index}.json"
 

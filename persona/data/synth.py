@@ -36,6 +36,8 @@ from torch import Tensor
 from persona.body.lbs import skin_points
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES, Identity, PoseParams
 from persona.data import motions as motion_lib
+from persona.data.garment import GarmentField, GarmentSettings, garment_field
+from persona.data.garment import garment_offsets as _garment_offsets
 from persona.data.palette import GOLIATH_PALETTE, class_index
 from persona.data.subject import (
     ALBEDO_RELPATH,
@@ -59,6 +61,8 @@ from persona.render.projection import project_points
 from persona.render.types import Camera, ChannelGroup, Gaussians, RenderSettings
 
 _J = {name: i for i, name in enumerate(SMPLX_JOINT_NAMES)}
+CM_PER_M = 100.0
+MIN_EDGE_M = 1e-4  # m: edge length floor of the strain ratio (degenerate edges)
 HAND_MIN_DEPTH = 1e-3  # m: camera z of a hand centre is clamped to this (fault placement)
 BODY_JOINTS = slice(1, 22)  # the 21 body joints (root excluded): what the pose deformer sees
 
@@ -84,16 +88,6 @@ class FaultSettings:
     pose_noise_hands: float = 0.1  # rad: std of the written finger pose error
     pose_noise_root: float = 0.02  # rad: std of the written root orientation error
     transl_noise: float = 0.01  # m: std of the written translation error
-
-
-@dataclass
-class GarmentSettings:
-    """The pose-driven deformation (a known function of the 21 body joints)."""
-
-    hem_amplitude: float = 0.3  # hem offset = amplitude x weight x horizontal thigh swing
-    hem_length: float = 0.16  # m: the tunic reaches this far below the hip joints
-    sleeve_amplitude: float = 0.05  # m: sag of the sleeve ends when the arm is horizontal
-    sleeve_reach: float = 0.6  # sleeves end this fraction of the way from elbow to wrist
 
 
 @dataclass
@@ -128,10 +122,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(body="procedural", width=96, height=160, motions=("punches", "kicks"),
                  frames=4, test_frames=3, novel_views=(60.0, 180.0)),
     # the open body (cached after its first ~2 min build); train it at resolution_scale 0.5
-    "demo": dict(body="open", width=288, height=512,
-                 motions=("rotation", "punches", "kicks", "dance"), frames=20, test_frames=8,
-                 novel_views=(45.0, 90.0, 180.0, 270.0)),
+    "garment": dict(body="open", width=288, height=512,
+                    motions=("rotation", "punches", "kicks", "dance"), frames=20, test_frames=8,
+                    novel_views=(45.0, 90.0, 180.0, 270.0)),
 }
+PRESETS["demo"] = PRESETS["garment"]  # the `make demo` subject wears the garment (older name)
 
 
 def preset_config(preset: str, **overrides: Any) -> SynthConfig:
@@ -154,11 +149,6 @@ def mean_edge_length(vertices: Tensor, faces: Tensor) -> Tensor:
             total.index_add_(0, end, length)
             count.index_add_(0, end, torch.ones_like(length))
     return total / count.clamp(min=1)
-
-
-def smoothstep(edge0: float | Tensor, edge1: float | Tensor, x: Tensor) -> Tensor:
-    t = ((x - edge0) / (edge1 - edge0)).clamp(0.0, 1.0)
-    return t * t * (3 - 2 * t)
 
 
 def rotate_hue(rgb: Tensor, angle: Tensor | float) -> Tensor:
@@ -230,15 +220,11 @@ class GroundTruthAvatar:
     dominant: Tensor  # [N] dominant joint
     scales: Tensor  # [N] Gaussian std dev (m)
     regions: dict[str, Tensor]  # name -> [N] bool
-    hem_weight: Tensor  # [N] in [0, 1]
-    hem_side: Tensor  # [N] in [0, 1]: 1 = follows the left thigh, 0 = the right
-    sleeve_weight: Tensor  # [N] in [0, 1]
+    garment: GarmentField  # pose-driven offset weights of the garment parts
     seg_class: Tensor  # [N] goliath class index
     shading: Tensor  # [N] baked Lambertian factor
     landmarks: Landmarks
-    rest_thigh: Tensor  # [2, 3] canonical (big pose) thigh directions, left and right
-    zero_thigh: Tensor  # [2, 3] zero-pose thigh directions (the hem hangs straight there)
-    rest_arm: Tensor  # [2, 3] canonical upper-arm directions
+    canonical_joints: Tensor  # [55, 3] big-pose joints
 
     @property
     def num_gaussians(self) -> int:
@@ -272,12 +258,9 @@ def _arm_progress(rest: Tensor, lm: Landmarks, side: int) -> Tensor:
 
 
 def define_regions(rest: Tensor, dominant: Tensor, lm: Landmarks, garment: GarmentSettings,
-                   eye_mask: Tensor, rest_normals: Tensor
-                   ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
-    """Texture regions and garment weights from rest positions and dominant joints.
-
-    Returns (regions {name: [N] bool}, hem_weight [N], hem_side [N], sleeve_weight [N]).
-    """
+                   eye_mask: Tensor, rest_normals: Tensor) -> dict[str, Tensor]:
+    """Texture regions {name: [N] bool} from rest positions and dominant joints (the garment's
+    offset weights are persona.data.garment.garment_field's, smooth and independent of these)."""
     x, y, z = rest.unbind(-1)
     interocular = (lm.eyes[0] - lm.eyes[1]).norm()
     eye_y, eye_z = lm.eyes[:, 1].mean(), lm.eyes[:, 2].mean()
@@ -305,34 +288,29 @@ def define_regions(rest: Tensor, dominant: Tensor, lm: Landmarks, garment: Garme
     progress = torch.stack([_arm_progress(rest, lm, 0), _arm_progress(rest, lm, 1)])  # [2, N]
     side_of = (x < 0).long()  # 0 = left (+x), 1 = right
     arm_progress = progress.gather(0, side_of[None])[0]  # [N]
-    sleeve_end = 1.0 + garment.sleeve_reach
-    sleeves = arms & (arm_progress < sleeve_end)
+    sleeves = arms & (arm_progress < garment.sleeve_end)
     torso = _in_joints(dominant, ("spine1", "spine2", "spine3", "left_collar", "right_collar"))
     torso = torso | (_in_joints(dominant, ("neck",)) & ~head)
     hip_y = lm.hips[:, 1].mean()
-    hem_bottom = hip_y - garment.hem_length
+    hem_y = hip_y - garment.skirt_hem
     lower_body = _in_joints(dominant, ("pelvis", "left_hip", "right_hip", "left_knee",
                                        "right_knee"))
-    tunic_hem = lower_body & (y > hem_bottom)
-    top = torso | sleeves | tunic_hem
+    skirt = lower_body & (y > hem_y)
+    top = (torso | sleeves) & ~skirt
     ankle_y = lm.ankles[:, 1].mean()
     feet = _in_joints(dominant, ("left_ankle", "right_ankle", "left_foot", "right_foot"))
     shoes = feet & (y < ankle_y + 0.03)
-    trousers = (lower_body | feet) & ~top & ~shoes
+    trousers = (lower_body | feet) & ~skirt & ~shoes  # leggings below the skirt
     chest_x, chest_y = x, y - (lm.chest[1] - 0.02)
     facing_front = rest_normals[:, 2] > FRONT_FACING_COSINE
     logo = top & torso & facing_front & star_inside(chest_x, chest_y, 0.065)
-    stripe_phase = torch.remainder((y - hem_bottom) / 0.03, 2.0)
+    stripe_phase = torch.remainder((y - hip_y) / 0.03, 2.0)
     stripes = top & (y < hip_y + 0.1) & (stripe_phase < 0.6)
-    regions = {
+    return {
         "hair": hair, "eyes": eyes, "brows": brows & ~hair, "lips": lips, "upper_lip": upper_lip,
         "head": head, "top": top, "sleeves": sleeves, "logo": logo, "stripes": stripes,
-        "trousers": trousers, "shoes": shoes,
+        "skirt": skirt, "trousers": trousers, "shoes": shoes,
     }
-    hem_weight = torch.where(tunic_hem, smoothstep(hip_y + 0.06, hem_bottom, y), 0.0)
-    hem_side = smoothstep(-0.05, 0.05, x)
-    sleeve_weight = torch.where(sleeves, smoothstep(0.3, sleeve_end, arm_progress), 0.0)
-    return regions, hem_weight, hem_side, sleeve_weight
 
 
 def segmentation_classes(dominant: Tensor, regions: dict[str, Tensor], rest: Tensor) -> Tensor:
@@ -357,7 +335,8 @@ def segmentation_classes(dominant: Tensor, regions: dict[str, Tensor], rest: Ten
     classes = table[dominant]
     left = rest[:, 0] >= 0
     overrides = (
-        ("trousers", "Lower_Clothing"), ("top", "Upper_Clothing"), ("hair", "Hair"),
+        ("trousers", "Lower_Clothing"), ("skirt", "Lower_Clothing"), ("top", "Upper_Clothing"),
+        ("hair", "Hair"),
     )
     for region, name in overrides:
         classes = torch.where(regions[region], class_index(name), classes)
@@ -379,11 +358,12 @@ LIPS = (0.72, 0.25, 0.28)
 TOP = (0.12, 0.55, 0.58)
 STRIPE = (0.95, 0.95, 0.92)
 LOGO = (0.98, 0.80, 0.10)
-TROUSERS = (0.22, 0.24, 0.48)
-TROUSER_CHECK = (0.55, 0.18, 0.20)
+TROUSERS = (0.22, 0.24, 0.48)  # leggings below the skirt
+SKIRT = (0.62, 0.52, 0.28)
+SKIRT_CHECK = (0.55, 0.18, 0.20)
 SHOES = (0.55, 0.10, 0.08)
 SOLE = (0.95, 0.95, 0.95)
-CHECK_PERIOD = 0.07  # m: trouser check size
+CHECK_PERIOD = 0.07  # m: skirt check size
 FRONT_FACING_COSINE = 0.5  # the chest logo is printed where the rest normal is within 60 deg of +z
 
 
@@ -423,15 +403,16 @@ def albedo_colours(avatar: GroundTruthAvatar, drift: Drift | None = None) -> Ten
     check = ((torch.floor(x / CHECK_PERIOD + phase) + torch.floor(y / CHECK_PERIOD + phase))
              .remainder(2) == 0)
     thin_line = (torch.remainder(x / CHECK_PERIOD + phase, 1.0) < 0.15)
-    trouser_colour = torch.where((check | thin_line)[:, None], torch.tensor(TROUSER_CHECK),
-                                 torch.tensor(TROUSERS))
+    skirt_colour = torch.where((check | thin_line)[:, None], torch.tensor(SKIRT_CHECK),
+                               torch.tensor(SKIRT))
     sole = y < lm.ankles[:, 1].mean() - 0.04
     shoe_colour = torch.where(sole[:, None], torch.tensor(SOLE), torch.tensor(SHOES))
-    clothes = torch.where(regions["top"][:, None], top_colour, trouser_colour)
+    clothes = torch.where(regions["top"][:, None], top_colour, torch.tensor(TROUSERS))
+    clothes = torch.where(regions["skirt"][:, None], skirt_colour, clothes)
     clothes = torch.where(regions["shoes"][:, None], shoe_colour, clothes)
     if drift.hue:
         clothes = rotate_hue(clothes, drift.hue)
-    is_clothes = regions["top"] | regions["trousers"] | regions["shoes"]
+    is_clothes = regions["top"] | regions["skirt"] | regions["trousers"] | regions["shoes"]
     return torch.where(is_clothes[:, None], clothes, rgb)
 
 
@@ -456,69 +437,35 @@ def build_avatar(body: Any, identity: Identity, config: SynthConfig) -> GroundTr
         joints = body.rest_joints(identity)  # [55, 3] zero pose
         dominant = weights.argmax(dim=1)
         lm = _landmarks(joints)
-        regions, hem_weight, hem_side, sleeve_weight = define_regions(
-            rest, dominant, lm, config.garment, eye_mask.bool(), vertex_normals(rest, faces))
+        regions = define_regions(rest, dominant, lm, config.garment, eye_mask.bool(),
+                                 vertex_normals(rest, faces))
         normals = vertex_normals(vertices, faces)  # canonical normals
         light = F.normalize(torch.tensor(config.light, dtype=torch.float32), dim=0)
         shading = config.ambient + (1 - config.ambient) * (normals @ light).clamp(min=0)
-        cj = canonical.joints
-        rest_thigh = F.normalize(torch.stack([cj[_J["left_knee"]] - cj[_J["left_hip"]],
-                                              cj[_J["right_knee"]] - cj[_J["right_hip"]]]),
-                                 dim=-1)
-        zero_thigh = F.normalize(torch.stack([joints[_J["left_knee"]] - joints[_J["left_hip"]],
-                                              joints[_J["right_knee"]] - joints[_J["right_hip"]]]),
-                                 dim=-1)
-        rest_arm = F.normalize(torch.stack([cj[_J["left_elbow"]] - cj[_J["left_shoulder"]],
-                                            cj[_J["right_elbow"]] - cj[_J["right_shoulder"]]]),
-                               dim=-1)
         return GroundTruthAvatar(
             identity=identity, canonical=vertices, rest=rest, faces=faces, weights=weights,
             dominant=dominant, scales=config.gaussian_scale * mean_edge_length(vertices, faces),
-            regions=regions, hem_weight=hem_weight, hem_side=hem_side,
-            sleeve_weight=sleeve_weight,
+            regions=regions, garment=garment_field(rest, joints, config.garment),
             seg_class=segmentation_classes(dominant, regions, rest), shading=shading,
-            landmarks=lm, rest_thigh=rest_thigh, zero_thigh=zero_thigh, rest_arm=rest_arm)
+            landmarks=lm, canonical_joints=canonical.joints)
 
 
 # ----------------------------------------------------------------------------------------------
 # Posing: the known garment deformation, then LBS with the template weights
 # ----------------------------------------------------------------------------------------------
-def body_only_pose(pose: PoseParams) -> PoseParams:
-    """The same pose with root orientation and translation zeroed (pelvis frame)."""
-    full_pose = pose.full_pose.clone()
-    full_pose[:, 0] = 0.0
-    return PoseParams(full_pose, pose.expression, torch.zeros_like(pose.transl))
-
-
 def garment_offsets(body: Any, avatar: GroundTruthAvatar, pose: PoseParams,
                     garment: GarmentSettings) -> Tensor:
-    """Canonical mean offsets [B, N, 3]: a known function of the 21 body joints.
+    """Canonical mean offsets [B, N, 3] of the true garment in ``pose`` (persona/data/garment.py:
+    a known function of the 21 body joints; skinning canonical + offset gives the posed garment)."""
+    return _garment_offsets(body, avatar.identity, avatar.canonical, avatar.canonical_joints,
+                            avatar.weights, avatar.garment, pose, garment)
 
-    In the pelvis frame (root excluded, y up): the hem moves with the horizontal swing of each
-    thigh (posed thigh direction minus its zero-pose direction), and the sleeve ends sag along
-    the part of gravity (-y) perpendicular to the upper arm. Each posed offset is taken back to
-    canonical space with the rotation of the Gaussian's dominant joint, so that skinning
-    re-applies it.
-    """
-    transforms = body.transforms_from_canonical(avatar.identity, body_only_pose(pose))
-    rotations = transforms[..., :3, :3]  # [B, 55, 3, 3] canonical -> pelvis frame
-    thighs = torch.stack([rotations[:, _J["left_hip"]] @ avatar.rest_thigh[0],
-                          rotations[:, _J["right_hip"]] @ avatar.rest_thigh[1]], 1)  # [B, 2, 3]
-    swing = thighs - avatar.zero_thigh[None]  # [B, 2, 3]
-    swing = swing * torch.tensor([1.0, 0.0, 1.0])  # horizontal only
-    side = avatar.hem_side[None, :, None]  # [1, N, 1]
-    hem = garment.hem_amplitude * avatar.hem_weight[None, :, None] * (
-        side * swing[:, None, 0] + (1 - side) * swing[:, None, 1])  # [B, N, 3]
-    arms = torch.stack([rotations[:, _J["left_shoulder"]] @ avatar.rest_arm[0],
-                        rotations[:, _J["right_shoulder"]] @ avatar.rest_arm[1]], 1)  # [B,2,3]
-    gravity = torch.tensor([0.0, -1.0, 0.0])
-    sag = gravity - (arms @ gravity)[..., None] * arms  # [B, 2, 3] perpendicular part
-    left = (avatar.rest[:, 0] >= 0).float()[None, :, None]
-    sleeve = garment.sleeve_amplitude * avatar.sleeve_weight[None, :, None] * (
-        left * sag[:, None, 0] + (1 - left) * sag[:, None, 1])  # [B, N, 3]
-    posed_offset = hem + sleeve  # [B, N, 3] in the pelvis frame
-    dominant_rotation = rotations[:, avatar.dominant]  # [B, N, 3, 3]
-    return (dominant_rotation.transpose(-1, -2) @ posed_offset[..., None])[..., 0]
+
+def garment_regions(avatar: GroundTruthAvatar) -> dict[str, Tensor]:
+    """The garment's Gaussians {"garment": all, then one entry per part}: [N] bool, where the
+    pose-driven offset weight is above zero. The one definition every metric uses."""
+    parts = {name: weight > 0 for name, weight in avatar.garment.parts().items()}
+    return {"garment": torch.stack(list(parts.values())).any(0), **parts}
 
 
 def posed_means(body: Any, avatar: GroundTruthAvatar, pose: PoseParams,
@@ -527,6 +474,51 @@ def posed_means(body: Any, avatar: GroundTruthAvatar, pose: PoseParams,
     offsets = garment_offsets(body, avatar, pose, garment)  # [B, N, 3]
     transforms = body.transforms_from_canonical(avatar.identity, pose)  # [B, 55, 4, 4]
     return skin_points(avatar.canonical[None] + offsets, avatar.weights, transforms)
+
+
+def garment_displacement(body: Any, avatar: GroundTruthAvatar, poses: PoseParams,
+                         camera: Camera, garment: GarmentSettings) -> dict[str, Any]:
+    """How far the garment moves the surface in ``poses`` (batch B): per garment part, the
+    median and max displacement over its Gaussians and the poses (cm, world; px in ``camera``),
+    and ``max_edge_strain``: the largest difference of displacement across one mesh edge over
+    the edge's canonical length (a tear shows as a large value; 1 = one edge length)."""
+    with torch.no_grad():
+        transforms = body.transforms_from_canonical(avatar.identity, poses)  # [B, 55, 4, 4]
+        plain = skin_points(avatar.canonical, avatar.weights, transforms)  # [B, N, 3]
+        dressed = posed_means(body, avatar, poses, garment)  # [B, N, 3]
+        moved = (dressed - plain).norm(dim=-1) * CM_PER_M  # [B, N]
+        pixels = torch.stack([
+            (project_points(dressed[b], camera, HAND_MIN_DEPTH)[0]
+             - project_points(plain[b], camera, HAND_MIN_DEPTH)[0]).norm(dim=-1)
+            for b in range(dressed.shape[0])])  # [B, N]
+        edges = torch.cat([avatar.faces[:, [0, 1]], avatar.faces[:, [1, 2]],
+                           avatar.faces[:, [2, 0]]])  # [3F, 2]
+        offset = dressed - plain  # [B, N, 3]
+        jump = (offset[:, edges[:, 0]] - offset[:, edges[:, 1]]).norm(dim=-1)  # [B, 3F]
+        length = (avatar.canonical[edges[:, 0]] - avatar.canonical[edges[:, 1]]).norm(dim=-1)
+    report: dict[str, Any] = {}
+    for part, inside in garment_regions(avatar).items():
+        report[part] = {"median_cm": float(moved[:, inside].median()),
+                        "max_cm": float(moved[:, inside].max()),
+                        "median_px": float(pixels[:, inside].median()),
+                        "max_px": float(pixels[:, inside].max())}
+    report["max_edge_strain"] = float((jump / length.clamp(min=MIN_EDGE_M)).max())
+    return report
+
+
+def motion_displacements(body: Any, avatar: GroundTruthAvatar, config: SynthConfig,
+                         camera: Camera) -> dict[str, Any]:
+    """garment_displacement of every motion of the subject, at the frames it renders."""
+    report = {}
+    for name, count in [(m, config.frames) for m in config.motions] + [
+            (config.test_motion, config.test_frames)]:
+        motion = motion_lib.resolve_motion(name)
+        poses = camera_frame_poses(body, avatar.identity, motion.poses, motion.transl,
+                                   body.num_expression)
+        index = subsample(motion.num_frames, count)
+        chosen = PoseParams(poses.full_pose[index], poses.expression[index], poses.transl[index])
+        report[name] = garment_displacement(body, avatar, chosen, camera, config.garment)
+    return report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,6 +536,7 @@ class FrameRender:
     seg: np.ndarray  # [H, W, 3] uint8 palette
     hand_pixels: np.ndarray  # [2, 2] (u, v) of the left and right hand centres
     hand_radius_px: np.ndarray  # [2] pixels
+    garment_mask: np.ndarray  # [H, W] uint8 {0, 255}: the garment Gaussians' share > 0.5
 
 
 def render_frame(body: Any, avatar: GroundTruthAvatar, pose: PoseParams, camera: Camera,
@@ -564,6 +557,7 @@ def render_frame(body: Any, avatar: GroundTruthAvatar, pose: PoseParams, camera:
         out = renderer.render(gaussians, camera, {
             "rgb": ChannelGroup(shaded), "albedo": ChannelGroup(albedo, False),
             "normal": ChannelGroup(normals_cam, False), "seg": ChannelGroup(onehot, False),
+            "garment": ChannelGroup(garment_regions(avatar)["garment"].float()[:, None], False),
         }, RenderSettings(depth=True))
         alpha = out["alpha"][..., 0]  # [H, W]
         valid = alpha > 0.5
@@ -576,9 +570,11 @@ def render_frame(body: Any, avatar: GroundTruthAvatar, pose: PoseParams, camera:
         labels = torch.where(valid, labels, class_index("Background"))
         seg = torch.tensor(GOLIATH_PALETTE, dtype=torch.uint8)[labels]
         hand_pixels, hand_radius = _hand_pixels(body, means, avatar, camera, config)
+        garment = valid & (out["garment"][..., 0] > 0.5 * alpha)  # [H, W]
     return FrameRender(image.numpy(), albedo_image.numpy(),
                        (valid.numpy() * 255).astype(np.uint8), depth.numpy(), normal.numpy(),
-                       seg.numpy(), hand_pixels, hand_radius)
+                       seg.numpy(), hand_pixels, hand_radius,
+                       (garment.numpy() * 255).astype(np.uint8))
 
 
 def _hand_pixels(body: Any, means: Tensor, avatar: GroundTruthAvatar, camera: Camera,
@@ -853,6 +849,7 @@ def synthesize(out: str | Path, config: SynthConfig, overwrite: bool = False) ->
         frame = render_frame(body, avatar, pose, camera, renderer, config)
         write_frame(tmp, TEST_SPLIT, index, frame.image, frame, frame.depth, frame.normal,
                     camera, pose)
+        write_png(tmp / FramePaths(TEST_SPLIT, index).garment_mask, frame.garment_mask)
     write_frame_list(tmp / TEST_SPLIT / FRAME_LIST_NAME, list(range(len(test_items))))
 
     write_identity(tmp, identity)
@@ -862,12 +859,14 @@ def synthesize(out: str | Path, config: SynthConfig, overwrite: bool = False) ->
                  "num_expression": num_expression, "flat_hand_mean": True}})
     seconds = time.perf_counter() - start
     write_json(tmp / "meta.json", {
-        "generator": "persona.data.synth", "config": _jsonable(asdict(config)),
+        "generator": "persona.data.synth", "config": jsonable_config(config),
         "num_gaussians": avatar.num_gaussians, "num_generated_frames": num_generated,
         "num_test_frames": len(test_items),
         "splits": {generated_split(k): m.name for k, m in enumerate(motions)},
         "test_motion": test_motion.name,
         "background_rgb": [config.background] * 3,
+        "garment_displacement": {"camera": f"front {width}x{height}",
+                                 "motions": motion_displacements(body, avatar, config, front)},
         "seconds": round(seconds, 2),
     })
     preview = None
@@ -882,6 +881,11 @@ def synthesize(out: str | Path, config: SynthConfig, overwrite: bool = False) ->
         preview = out / preview.name
     return SynthResult(out, time.perf_counter() - start, num_generated, len(test_items),
                        avatar.num_gaussians, preview)
+
+
+def jsonable_config(config: SynthConfig) -> dict[str, Any]:
+    """The config as meta.json stores it."""
+    return _jsonable(asdict(config))
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields, replace
 
+from persona.data.garment import GarmentSettings
 from persona.data.synth import PRESETS, preset_config, synthesize
 
 
@@ -32,6 +34,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--body", choices=("open", "procedural"), default=None)
     parser.add_argument("--preview", action="store_true", help="also write contact_sheet.png")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    garment = parser.add_argument_group(
+        "garment", "the pose-driven garment (persona/data/garment.py GarmentSettings)")
+    for setting in fields(GarmentSettings):
+        garment.add_argument(f"--garment.{setting.name}", dest=f"garment_{setting.name}",
+                             type=float, default=None, metavar="VALUE",
+                             help=f"default {setting.default}")
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error("--frames must be >= 1")
@@ -42,6 +50,9 @@ def main(argv: list[str]) -> int:
         args.preset, seed=args.seed, artifacts=args.artifacts,
         motions=tuple(args.motions) if args.motions else None, test_motion=args.test_motion,
         width=width, height=height, frames=args.frames, body=args.body, preview=args.preview)
+    changed = {s.name: getattr(args, f"garment_{s.name}") for s in fields(GarmentSettings)}
+    config.garment = replace(config.garment, **{k: v for k, v in changed.items()
+                                                if v is not None})
     result = synthesize(args.out, config, overwrite=args.overwrite)
     print(f"wrote {result.root}: {result.num_generated} generated + {result.num_test} test "
           f"frames, {result.num_gaussians} Gaussians, {result.seconds:.1f} s")

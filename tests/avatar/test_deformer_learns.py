@@ -1,8 +1,8 @@
 """PoseDeformer alone learns a known pose-dependent offset field and generalises to new poses.
 
 The field is the synthetic subject's ground-truth garment deformation
-(`persona.data.synth.garment_offsets` on the procedural body: a tunic hem that follows the
-horizontal swing of the thighs, sleeves that sag with gravity), in canonical space, so it is
+(`persona.data.synth.garment_offsets` on the procedural body: a skirt that lags behind the swing
+of the legs, sleeves that sag with gravity; persona/data/garment.py), in canonical space, so it is
 exactly what the deformer must learn in a fit on a synthetic subject. The deformer (triplane +
 MLP, 4-ring-masked pose) is fitted with direct 3D supervision on random training poses and scored
 on held-out random poses. A pose-blind predictor (the best one: each Gaussian's mean training
@@ -37,7 +37,9 @@ DECAY_AT, DECAY_FACTOR = 0.75, 0.1  # one step decay of the learning rate, as in
 TRIPLANE_RESOLUTION = 32  # the procedural body has 2,960 vertices: a coarse triplane suffices
 MIN_CORRELATION = 0.9  # Pearson over held-out Gaussian x pose x xyz components
 MIN_POSE_CORRELATION = 0.9  # the same on the pose-dependent parts (mean over poses removed)
-MAX_RELATIVE_ERROR = 0.2  # mean |error| / mean |field| on held-out poses
+# mean |error| / mean |field| on held-out poses: the fit reaches 0.20 on the skirt + sleeves field
+# (mean 54 mm), the best pose-blind predictor 0.58
+MAX_RELATIVE_ERROR = 0.25
 MIN_FIELD_MM = 10.0  # the field is not trivially small (mean magnitude on garment Gaussians)
 
 
@@ -81,7 +83,7 @@ def build_garment_problem() -> dict:
     identity = synth.subject_identity(body, config.seed)
     truth = synth.build_avatar(body, identity, config)
     template = build_avatar_template(body, identity, subdivision_levels=0)
-    garment = (truth.hem_weight > 0) | (truth.sleeve_weight > 0)  # [N]
+    garment = synth.garment_regions(truth)["garment"]  # [N]
     train = random_poses(body.num_expression, NUM_TRAIN_POSES, TRAIN_SEED)
     heldout = random_poses(body.num_expression, NUM_HELDOUT_POSES, HELDOUT_SEED)
     with torch.no_grad():
