@@ -9,7 +9,6 @@ import pytest
 import torch
 from subject_faults import FAULTS
 
-from persona.body.types import PoseParams
 from persona.data import motions as M
 from persona.data import synth as S
 from persona.data.subject import (
