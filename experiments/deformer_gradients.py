@@ -1,0 +1,143 @@
+"""Which loss terms move the pose deformer towards the true garment offsets, and which away.
+
+For a trained (or step-0) run on a synthetic subject, on generated frames of the training set:
+each loss term's gradient with respect to the deformer's output (the pose-dependent canonical
+offset of every Gaussian) is compared with the direction the deformer should move, the true
+pose-dependent offset (truth in the frame's true pose minus its mean over the training poses)
+minus what the deformer predicts now, over the garment Gaussians. Also for the static offset
+(avatar.mean_offset) against (truth's training mean - static offset). Printed as JSON per term:
+
+- norm: |gradient| over the garment Gaussians (the term's pull, weight included);
+- along: -gradient . unit(wanted) (> 0: the term pushes towards the truth; its share of the sum
+  of |along| is `share`);
+- cosine: cos(-gradient, wanted).
+
+    .venv/bin/python experiments/deformer_gradients.py RUN_DIR [--frames N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deformer_diagnostics as diag  # noqa: E402  (run and subject loading, truth)
+
+
+def captured_terms(system: Any, batch: dict) -> tuple[dict, Tensor]:
+    """(terms {name: (value, weight)}, the deformer's output [1, N, 3]) of one training step."""
+    from persona.losses import terms as loss_terms
+
+    captured: dict[str, Any] = {}
+    original_total = loss_terms.total_loss
+    original_forward = system.deformer.forward
+
+    def total(terms: dict) -> Tensor:
+        captured["terms"] = terms
+        return original_total(terms)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = original_forward(*args, **kwargs)
+        captured["offsets"] = out.mean_offset
+        return out
+
+    loss_terms.total_loss = total
+    system.deformer.forward = forward
+    system.log = lambda *a, **k: None
+    try:
+        system.training_step(batch, 0)
+    finally:
+        loss_terms.total_loss = original_total
+        system.deformer.forward = original_forward
+    return captured["terms"], captured["offsets"]
+
+
+def term_report(terms: dict, target: Tensor, wanted: Tensor, rows: Tensor) -> dict[str, Any]:
+    """Per term: gradient wrt ``target`` restricted to ``rows``, against ``wanted`` [M, 3]."""
+    unit = wanted / wanted.norm().clamp(min=1e-12)
+    report = {}
+    for name, (value, weight) in terms.items():
+        if weight == 0 or not value.requires_grad:
+            continue
+        grad, = torch.autograd.grad(value * weight, target, retain_graph=True,
+                                    allow_unused=True)
+        if grad is None:
+            continue
+        g = grad.reshape(-1, 3)[rows]  # [M, 3]
+        norm = float(g.norm())
+        if norm == 0:
+            continue
+        report[name] = {"norm": norm, "along": float(-(g * unit).sum()),
+                        "cosine": float(-(g * wanted).sum() / (norm * wanted.norm()))}
+    total = sum(abs(r["along"]) for r in report.values()) or 1.0
+    for r in report.values():
+        r["share"] = r["along"] / total
+    return dict(sorted(report.items(), key=lambda kv: -abs(kv[1]["along"])))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--frames", type=int, default=6, help="generated frames to average")
+    args = parser.parse_args(argv)
+    from persona.data import synth
+    from persona.data.datamodule import collate_frames
+
+    run = diag.resolve_run(args.run_dir)
+    settings = __import__("yaml").safe_load((run / diag.CONFIG_NAME).read_text())
+    subject = diag.resolve_subject(run, settings, args.subject)
+    system, dm = diag.load_system(run, subject)
+    system.train()
+    config = diag.synth_config(subject)
+    body = synth.load_synth_body(config)
+    identity = synth.subject_identity(body, config.seed)
+    truth_avatar = synth.build_avatar(body, identity, config)
+    train_poses, lengths = diag.true_training_poses(body, identity, config)
+    with torch.no_grad():
+        train_truth = synth.garment_offsets(body, truth_avatar, train_poses, config.garment)
+    mean_truth = train_truth.mean(0)  # [N, 3]
+    garment = synth.garment_regions(truth_avatar)["garment"]
+    index, _ = diag.match_gaussians(diag.avatar_canonical(system).detach(), truth_avatar.canonical)
+    rows = index[garment]  # avatar rows of the garment Gaussians
+    dataset = dm.train_dataset()
+    # generated rows in the order of true_training_poses (motions x subsampled frames)
+    order = {(rec.split, rec.index): row for row, rec in enumerate(dataset.frames)}
+    starts = torch.tensor([0] + lengths).cumsum(0)
+    picks = []
+    for k, n in enumerate(lengths):
+        for i in range(n):
+            picks.append((order[(synth.generated_split(k), i)], int(starts[k]) + i))
+    # the frames where the true pose-dependent offset is largest
+    magnitude = (train_truth - mean_truth)[:, garment].norm(dim=-1).mean(-1)  # [T]
+    picks.sort(key=lambda p: -float(magnitude[p[1]]))
+    totals: dict[str, dict[str, float]] = {"deformer": {}, "static": {}}
+    for row, t in picks[:args.frames]:
+        batch = collate_frames([dataset[row]])
+        terms, offsets = captured_terms(system, batch)
+        wanted_deformer = (train_truth[t] - mean_truth)[garment] - offsets[0, rows].detach()
+        static = system.avatar.mean_offset
+        wanted_static = mean_truth[garment] - static[rows].detach()
+        for key, target, wanted in (("deformer", offsets, wanted_deformer),
+                                    ("static", static, wanted_static)):
+            for name, r in term_report(terms, target, wanted, rows).items():
+                entry = totals[key].setdefault(name, {"along": 0.0, "norm": 0.0, "cosine": 0.0})
+                for field in entry:
+                    entry[field] += r[field] / args.frames
+    for key in totals:
+        total = sum(abs(v["along"]) for v in totals[key].values()) or 1.0
+        for v in totals[key].values():
+            v["share"] = v["along"] / total
+        totals[key] = dict(sorted(totals[key].items(), key=lambda kv: -abs(kv[1]["along"])))
+    print(json.dumps({"run": str(run), "frames": args.frames, **totals}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
