@@ -16,17 +16,31 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from persona.lightning_cli import BASE_CONFIG
 
 DEMO_CONFIG = BASE_CONFIG.parent / "demo.yaml"
 # metric -> True when higher is better (for the summary's "better" column)
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "mask_iou": True,
-                    "depth_l1_mm": False, "normal_deg": False}
+                    "depth_l1_mm": False, "normal_deg": False,
+                    "garment_psnr": True, "garment_mask_iou": True}  # subjects with garment masks
+
+
+DEMO_PRESET = "garment"  # persona/data/synth.py PRESETS: the open body in the loose garment
+
+
+def _demo_subject_config(seed: int) -> Any:
+    from persona.data.synth import preset_config
+
+    return preset_config(DEMO_PRESET, seed=seed, preview=True)
 
 
 def _subject_is_ready(subject: Path, seed: int) -> bool:
-    """A complete demo subject of this seed is already there (synthesis is atomic)."""
+    """A complete subject built with exactly the demo's synth settings is already there
+    (synthesis is atomic; a subject from other settings or an older garment is rebuilt)."""
+    from persona.data.synth import jsonable_config
+
     meta = subject / "meta.json"
     if not meta.is_file():
         return False
@@ -34,7 +48,7 @@ def _subject_is_ready(subject: Path, seed: int) -> bool:
         config = json.loads(meta.read_text()).get("config", {})
     except json.JSONDecodeError:
         return False
-    return config.get("preset") == "demo" and config.get("seed") == seed
+    return config == jsonable_config(_demo_subject_config(seed))
 
 
 def _lightning(argv: list[str]) -> None:
@@ -49,13 +63,13 @@ def _means(metrics_json: Path) -> dict[str, float]:
 
 def summary_lines(step0: dict[str, float], fitted: dict[str, float]) -> list[str]:
     """A table of test metrics, step 0 vs fitted, with whether each got better."""
-    lines = [f"{'metric':<14}{'step 0':>12}{'fitted':>12}  better?"]
+    lines = [f"{'metric':<18}{'step 0':>12}{'fitted':>12}  better?"]
     for name, higher in HIGHER_IS_BETTER.items():
         if name not in fitted or name not in step0:
             continue
         a, b = step0[name], fitted[name]
         better = (b > a) if higher else (b < a)
-        lines.append(f"{name:<14}{a:>12.4f}{b:>12.4f}  {'yes' if better else 'NO'}")
+        lines.append(f"{name:<18}{a:>12.4f}{b:>12.4f}  {'yes' if better else 'NO'}")
     return lines
 
 
@@ -81,11 +95,11 @@ def main(argv: list[str]) -> int:
     if _subject_is_ready(subject, args.seed):
         print(f"[demo] reusing the synthetic subject in {subject}")
     else:
-        from persona.data.synth import preset_config, synthesize
+        from persona.data.synth import synthesize
 
         print(f"[demo] building the open body (cached after the first run) and the demo "
               f"subject in {subject}")
-        synthesize(subject, preset_config("demo", seed=args.seed, preview=True), overwrite=True)
+        synthesize(subject, _demo_subject_config(args.seed), overwrite=True)
     timings["subject"] = time.perf_counter() - t
 
     step0_run, fit_run = out / "step0", out / "fit"
@@ -120,6 +134,14 @@ def main(argv: list[str]) -> int:
     print("\n[demo] test split (held-out motion and novel views), mean over frames:")
     for line in summary_lines(step0, fitted):
         print("  " + line)
+    deformation = json.loads((fit_run / "metrics.json").read_text()).get("deformation")
+    if deformation:  # a synthetic subject: offsets vs the true garment (metrics/deformation.py)
+        from persona.metrics.deformation import summary_lines as deformation_lines
+
+        print("\n[demo] fitted garment offsets vs the ground truth, canonical mm (total: static +"
+              " deformer vs truth; zero: no offset; deformer: vs truth minus its training mean):")
+        for line in deformation_lines(deformation):
+            print("  " + line)
     print("\n[demo] outputs:")
     print(f"  metrics   {fit_run / 'metrics.json'} (step 0: {step0_run / 'metrics.json'})")
     print(f"  PLY       {ply}")

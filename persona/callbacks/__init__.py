@@ -1,1 +1,2 @@
-"""Lightning callbacks and logging helpers: media grids, test metrics, loggers, W&B run reader."""
+"""Lightning callbacks and logging helpers: media grids, test metrics, the deformation error curve
+of synthetic subjects, loggers, W&B run reader."""

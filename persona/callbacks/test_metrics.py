@@ -7,6 +7,14 @@ Contract with the LightningModule: `test_step` returns either
   target | render from `pl_module.last_eval_visuals` when the module sets it.
 Thumbnails are uint8, or float in [0, 1]. The protocol is the callback's, else
 `pl_module.eval_protocol` (an EvalProtocol).
+
+Synthetic subjects (persona/metrics/deformation.py): when the trainer's datamodule has a
+`subject_dir` whose `<split>/garment_masks/` exists, each frame also gets garment_psnr and
+garment_mask_iou (from the batch's image and mask and `pl_module.last_eval_visuals` render and
+alpha); when its meta.json says generator "persona.data.synth", metrics.json gets a
+"deformation" section (offset errors against the rebuilt ground truth, once per test run) and
+its scalars are logged as "test/deformation/...". Other subjects: neither; a synthetic subject
+of another synth version (settings in meta.json this synth lacks): a warning, no section.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
-from persona.metrics.protocol import EvalProtocol, MetricsReport
+from persona.metrics import deformation as deformation_metrics
+from persona.metrics.protocol import EvalProtocol, MetricsReport, composite
 
 THUMBNAIL_MAX_SIDE = 256  # thumbnails in the W&B table are downscaled to at most this many pixels
 
@@ -90,6 +100,56 @@ def frame_record(outputs, batch, batch_idx: int, pl_module=None) -> tuple:  # no
     return frame, {k: float(v) for k, v in metrics.items()}, thumbnail
 
 
+def subject_dir(trainer) -> Path | None:  # noqa: ANN001
+    """The subject folder of the trainer's datamodule (None without one)."""
+    folder = getattr(getattr(trainer, "datamodule", None), "subject_dir", None)
+    return Path(folder) if folder else None
+
+
+def garment_frame_metrics(subject: Path | None, batch, pl_module,  # noqa: ANN001
+                          protocol: EvalProtocol) -> dict[str, float]:
+    """garment_psnr and garment_mask_iou of one test batch (batch size 1) when the subject has
+    garment masks for its split, else {}. The prediction (last_eval_visuals["render"], on the
+    protocol background) and the target image are composited with the frame's mask when the
+    protocol does (as evaluate_frame scores them); no crop is pasted (synthetic frames have no
+    crop box)."""
+    visuals = getattr(pl_module, "last_eval_visuals", None) or {}
+    needed = ("image", "mask", "split", "index")
+    if subject is None or not isinstance(batch, dict) or not all(k in batch for k in needed) \
+            or "render" not in visuals or "alpha" not in visuals:
+        return {}
+    split, index = batch["split"][0], int(batch["index"][0])
+    if not deformation_metrics.has_garment_masks(subject, split):
+        return {}
+    garment = deformation_metrics.read_garment_mask(
+        deformation_metrics.garment_mask_path(subject, split, index))  # [h, w]
+    mask = batch["mask"][0].detach().float().cpu()  # [H, W, 1]
+    pred = visuals["render"].detach().float().cpu().clamp(0, 1)  # [H, W, 3]
+    target = batch["image"][0].detach().float().cpu().clamp(0, 1)  # [H, W, 3]
+    if protocol.mask_composite:
+        pred = composite(pred, mask, protocol.background)
+        target = composite(target, mask, protocol.background)
+    return deformation_metrics.garment_image_metrics(pred, target,
+                                                     visuals["alpha"].detach().float().cpu(),
+                                                     garment)
+
+
+def deformation_section(trainer, pl_module) -> dict | None:  # noqa: ANN001
+    """The "deformation" section of metrics.json for a synthetic subject, else None: offset
+    errors of the module's deformer and static offset against the rebuilt ground truth on the
+    test split's poses and the true training poses."""
+    subject = subject_dir(trainer)
+    if subject is None or deformation_metrics.read_synth_meta(subject) is None:
+        return None
+    test_frames = getattr(trainer.datamodule, "test_frames", None) or []
+    try:
+        truth = deformation_metrics.build_truth(subject, [f.pose for f in test_frames])
+    except deformation_metrics.StaleSubjectError as error:
+        rank_zero_warn(f"TestMetricsWriter: no deformation section in metrics.json: {error}")
+        return None
+    return deformation_metrics.deformation_report(pl_module, truth)
+
+
 class TestMetricsWriter(Callback):
     """Collect per-frame test metrics, write `path` (default RUN/metrics.json with RUN =
     trainer.default_root_dir), log the means as "test/<metric>" and the per-frame W&B table."""
@@ -103,6 +163,7 @@ class TestMetricsWriter(Callback):
         self.report: MetricsReport | None = None
         self.thumbnails: dict[str, np.ndarray] = {}
         self.written: Path | None = None
+        self.deformation: dict | None = None
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
         protocol = self.protocol or getattr(pl_module, "eval_protocol", None)
@@ -111,10 +172,13 @@ class TestMetricsWriter(Callback):
                              "pl_module.eval_protocol to an EvalProtocol")
         self.report = MetricsReport(protocol)
         self.thumbnails = {}
+        self.deformation = None
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,  # noqa: ANN001
                           dataloader_idx: int = 0) -> None:
         frame, metrics, thumbnail = frame_record(outputs, batch, batch_idx, pl_module)
+        metrics.update(garment_frame_metrics(subject_dir(trainer), batch, pl_module,
+                                             self.report.protocol))
         self.report.add(frame, metrics)
         if thumbnail is not None:
             self.thumbnails[frame] = shrink(as_uint8(thumbnail))
@@ -126,8 +190,19 @@ class TestMetricsWriter(Callback):
         ckpt = getattr(trainer, "ckpt_path", None)
         extra = {"ckpt_path": str(ckpt) if ckpt else None,
                  "region_mask_source": region_mask_source(pl_module)}
+        self.deformation = deformation_section(trainer, pl_module)
+        if self.deformation is not None:
+            image = {k: v for k, v in self.report.mean().items()
+                     if k in deformation_metrics.IMAGE_KEYS}
+            if image:  # the subject has garment masks: how its region was drawn
+                self.deformation["garment_image"] = {
+                    **image, "dilation_px": deformation_metrics.GARMENT_REGION_DILATION_PX}
+            extra["deformation"] = self.deformation
         self.written = self.report.write(path, extra=extra)
         means = {f"test/{k}": v for k, v in self.report.mean().items() if math.isfinite(v)}
+        if self.deformation is not None:
+            means.update(deformation_metrics.report_scalars(self.deformation,
+                                                            "test/deformation"))
         for logger in trainer.loggers:
             logger.log_metrics(means, step=int(trainer.global_step))
         log_metrics_table(trainer.loggers, self.report, self.thumbnails)

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from persona.cli import main as persona_main
-from persona.data.synth import preset_config, synthesize
+from persona.data.synth import (
+    build_avatar,
+    garment_regions,
+    load_synth_body,
+    preset_config,
+    subject_identity,
+    synthesize,
+)
 from persona.lightning_cli import BASE_CONFIG
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "deformer_diagnostics.py"
@@ -53,7 +60,9 @@ def test_part_report_of_a_perfect_and_of_a_blind_deformer() -> None:
     pairs = diag.consecutive_pairs([5])
     perfect = diag.part_report(truth - mean, mean, truth, mean, pairs)
     assert perfect["correlation_with_truth_pose_part"] == pytest.approx(1.0)
+    assert perfect["deformer_correlation"] == pytest.approx(1.0)
     assert perfect["total_error_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert perfect["deformer_error_mm"] == pytest.approx(0.0, abs=1e-6)
     assert perfect["static_error_mm"] == pytest.approx(0.0, abs=1e-6)
     blind = diag.part_report(torch.zeros_like(truth), mean, truth, mean, pairs)
     assert blind["deformer_frame_to_frame_mm"] == 0.0
@@ -74,9 +83,17 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch) -> None:
     report = diag.diagnose(run)
     assert report["matching"] == "vertex_index"  # tiny: no subdivision, the same template
     assert report["test_poses"] >= 2 and report["training_poses"] == 8
-    for part in ("garment", "hem", "sleeves", "train_garment", "train_hem", "train_sleeves"):
-        assert report[part]["gaussians"] > 0
+    config = diag.synth_config(subject)
+    body = load_synth_body(config)
+    regions = garment_regions(build_avatar(body, subject_identity(body, config.seed), config))
+    assert len(regions) > 1  # the whole garment and at least one part
+    for name, mask in regions.items():  # whatever parts the synth's garment has
+        for section in (name, f"train_{name}"):
+            assert report[section]["gaussians"] == int(mask.sum()) > 0, section
     garment = report["train_garment"]
     assert garment["truth_mean_mm"] > 1.0 and garment["truth_frame_to_frame_mm"] > 0.1
-    for key in ("deformer_mean_mm", "static_error_mm", "total_error_mm"):
+    assert garment["zero_offset_error_mm"] == pytest.approx(garment["truth_mean_mm"])
+    assert garment["deformer_correlation"] == garment["correlation_with_truth_pose_part"]
+    for key in ("deformer_mean_mm", "static_error_mm", "total_error_mm",
+                "static_only_error_mm", "deformer_error_mm", "deformer_zero_error_mm"):
         assert math.isfinite(garment[key]), key
