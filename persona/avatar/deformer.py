@@ -109,6 +109,7 @@ class PoseDeformer(nn.Module):
         output_scale: float = 0.01,  # the MLP output is multiplied by this (the code's / 100)
         triplane_align_corners: bool = False,  # grid_sample align_corners (authors: False)
         triplane_padding_mode: str = "zeros",  # grid_sample padding (authors: zeros; ours: border)
+        zero_init_output: bool = False,  # output layer starts at zero (authors: PyTorch default)
     ) -> None:
         super().__init__()
         if mode not in ("off", "mean", "mean_scale", "mean_rgb"):
@@ -137,6 +138,9 @@ class PoseDeformer(nn.Module):
                        nn.ReLU()]
         self.hidden_layers = nn.Sequential(*hidden)
         self.output_layer = nn.Linear(hidden_dim, self.out_features)
+        if zero_init_output:  # the deformer starts at zero offsets instead of a random field
+            nn.init.zeros_(self.output_layer.weight)
+            nn.init.zeros_(self.output_layer.bias)
 
     @property
     def out_features(self) -> int:

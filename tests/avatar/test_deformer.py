@@ -204,3 +204,21 @@ def test_given_active_rows_skip_nonzero(monkeypatch: pytest.MonkeyPatch) -> None
     assert not calls
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert float(out[:, zero].abs().max()) == 0.0
+
+
+def test_zero_init_output_starts_at_zero_and_still_learns() -> None:
+    positions, dominant, pose, zero = _inputs(50)
+    default = PoseDeformer(triplane_resolution=16)
+    assert float(default(positions, dominant, pose, zero).mean_offset.abs().max()) > 1e-4
+    zeroed = PoseDeformer(triplane_resolution=16, zero_init_output=True)
+    assert float(zeroed(positions, dominant, pose, zero).mean_offset.abs().max()) == 0.0
+    # the zero output layer still passes gradient to itself, so a target is reachable
+    target = torch.full((2, 50, 3), 0.01)
+    target[:, zero] = 0.0
+    optimiser = torch.optim.Adam(zeroed.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = (zeroed(positions, dominant, pose, zero).mean_offset - target).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < 0.2 * 0.01 * 0.7  # below a fifth of the start (mean |target| = 0.007)
