@@ -79,12 +79,13 @@ def main(argv: list[str]) -> int:
         wanted = {"oracle": truth[t][garment], "mean": mean_truth[garment],
                   "none": torch.zeros_like(mean_truth[garment])}
         for choice in CHOICES:
-            def forward(*a: Any, _choice: str = choice, **k: Any) -> DeformerOutput:
+            def forward(*a: Any, _choice: str = choice, _wanted: dict = wanted,
+                        **k: Any) -> DeformerOutput:
                 out = original(*a, **k)
                 if _choice == "learned":
                     return out
                 offset: Tensor = out.mean_offset.detach().clone()
-                offset[0, rows] = wanted[_choice] - static[rows]
+                offset[0, rows] = _wanted[_choice] - static[rows]
                 return DeformerOutput(offset.requires_grad_(), out.scale_offset, out.rgb_offset)
 
             system.deformer.forward = forward

@@ -51,6 +51,24 @@ class GarmentSettings:
     sleeve_radius: float = 0.10  # m from the arm's bones: full weight within (the arm, not hips)
     sleeve_radius_fade: float = 0.05  # m: beyond the radius the weight falls to 0 over this
 
+    def __post_init__(self) -> None:
+        for name in ("skirt_lag", "skirt_hem", "sleeve_sag", "sleeve_radius"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GarmentSettings.{name}: expected >= 0, "
+                                 f"got {getattr(self, name)}")
+        for name in ("skirt_fade", "sleeve_fade", "sleeve_radius_fade"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GarmentSettings.{name}: expected > 0 (the width of a smooth "
+                                 f"fall to 0), got {getattr(self, name)}")
+        if not -self.skirt_waist < self.skirt_full <= self.skirt_hem:
+            raise ValueError(f"GarmentSettings: the skirt needs -skirt_waist < skirt_full <= "
+                             f"skirt_hem, got {-self.skirt_waist}, {self.skirt_full}, "
+                             f"{self.skirt_hem}")
+        if not self.sleeve_start < self.sleeve_full <= self.sleeve_end:
+            raise ValueError(f"GarmentSettings: the sleeves need sleeve_start < sleeve_full <= "
+                             f"sleeve_end, got {self.sleeve_start}, {self.sleeve_full}, "
+                             f"{self.sleeve_end}")
+
 
 @dataclass
 class GarmentField:

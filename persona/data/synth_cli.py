@@ -51,8 +51,11 @@ def main(argv: list[str]) -> int:
         motions=tuple(args.motions) if args.motions else None, test_motion=args.test_motion,
         width=width, height=height, frames=args.frames, body=args.body, preview=args.preview)
     changed = {s.name: getattr(args, f"garment_{s.name}") for s in fields(GarmentSettings)}
-    config.garment = replace(config.garment, **{k: v for k, v in changed.items()
-                                                if v is not None})
+    try:
+        config.garment = replace(config.garment, **{k: v for k, v in changed.items()
+                                                    if v is not None})
+    except ValueError as error:
+        parser.error(str(error))
     result = synthesize(args.out, config, overwrite=args.overwrite)
     print(f"wrote {result.root}: {result.num_generated} generated + {result.num_test} test "
           f"frames, {result.num_gaussians} Gaussians, {result.seconds:.1f} s")

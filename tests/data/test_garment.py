@@ -139,3 +139,16 @@ def test_test_frames_carry_a_garment_mask(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     kicks = meta["garment_displacement"]["motions"]["kicks"]
     assert set(kicks) >= {"garment", "skirt", "sleeves", "max_edge_strain"}
+
+
+def test_bad_settings_are_named(capsys):
+    from persona.data.garment import GarmentSettings
+    from persona.data.synth_cli import main
+
+    with pytest.raises(ValueError, match="skirt_fade"):
+        GarmentSettings(skirt_fade=0.0)
+    with pytest.raises(ValueError, match="sleeve_start < sleeve_full"):
+        GarmentSettings(sleeve_start=1.5)
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--garment.skirt_lag", "-1"])
+    assert "GarmentSettings.skirt_lag" in capsys.readouterr().err

@@ -70,7 +70,15 @@ def test_part_report_of_a_perfect_and_of_a_blind_deformer() -> None:
     assert blind["zero_offset_error_mm"] == pytest.approx(diag.mean_mm(truth))
 
 
-def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch) -> None:
+def _load(name: str):
+    path = SCRIPT.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     subject = tmp_path / "subject"
     synthesize(subject, preset_config("tiny", seed=4))
@@ -97,3 +105,20 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch) -> None:
     for key in ("deformer_mean_mm", "static_error_mm", "total_error_mm",
                 "static_only_error_mm", "deformer_error_mm", "deformer_zero_error_mm"):
         assert math.isfinite(garment[key]), key
+
+    # the same run through the gradient and oracle probes (experiments/deformer_*.py)
+    import json
+
+    capsys.readouterr()
+    assert _load("deformer_gradients").main([str(run), "--frames", "2"]) == 0
+    gradients = json.loads(capsys.readouterr().out)
+    deformer_terms = set(gradients["deformer"])
+    assert deformer_terms and not any(name.endswith("_base") for name in deformer_terms)
+    assert sum(abs(v["share"]) for v in gradients["deformer"].values()) == pytest.approx(1.0)
+    assert any(name.endswith("_base") for name in gradients["static"])  # base sees the static
+    assert _load("deformer_oracle").main([str(run), "--frames", "2"]) == 0
+    oracle = json.loads(capsys.readouterr().out)
+    learned, truth = oracle["learned"]["terms"], oracle["oracle"]["terms"]
+    assert learned["image_base"] == pytest.approx(truth["image_base"])  # base: no deformer
+    assert learned["image_refined"] != pytest.approx(truth["image_refined"], rel=1e-9)
+    assert oracle["none"]["total"] == pytest.approx(sum(oracle["none"]["terms"].values()))
