@@ -36,7 +36,7 @@ from torch import Tensor
 from persona.body.lbs import skin_points
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES, Identity, PoseParams
 from persona.data import motions as motion_lib
-from persona.data.garment import GarmentField, GarmentSettings, garment_field
+from persona.data.garment import GarmentField, GarmentSettings, arm_progress, garment_field
 from persona.data.garment import garment_offsets as _garment_offsets
 from persona.data.palette import GOLIATH_PALETTE, class_index
 from persona.data.subject import (
@@ -249,12 +249,7 @@ def _in_joints(dominant: Tensor, names: tuple[str, ...]) -> Tensor:
 
 def _arm_progress(rest: Tensor, lm: Landmarks, side: int) -> Tensor:
     """0 at the shoulder, 1 at the elbow, 2 at the wrist, along one arm (by projection)."""
-    shoulder, elbow, wrist = lm.shoulders[side], lm.elbows[side], lm.wrists[side]
-    upper = elbow - shoulder
-    lower = wrist - elbow
-    s_upper = ((rest - shoulder) @ upper) / upper.dot(upper)
-    s_lower = ((rest - elbow) @ lower) / lower.dot(lower)
-    return torch.where(s_upper < 1.0, s_upper, 1.0 + s_lower)
+    return arm_progress(rest, lm.shoulders[side], lm.elbows[side], lm.wrists[side])[0]
 
 
 def define_regions(rest: Tensor, dominant: Tensor, lm: Landmarks, garment: GarmentSettings,
