@@ -21,9 +21,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import yaml
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,18 +82,26 @@ def term_report(terms: dict, target: Tensor, wanted: Tensor, rows: Tensor) -> di
     return dict(sorted(report.items(), key=lambda kv: -abs(kv[1]["along"])))
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--subject", type=Path, default=None)
-    parser.add_argument("--frames", type=int, default=6, help="generated frames to average")
-    args = parser.parse_args(argv)
-    from persona.data import synth
-    from persona.data.datamodule import collate_frames
+class Probe(NamedTuple):
+    """A trained run on a synthetic subject, with the truth its probes compare against."""
 
-    run = diag.resolve_run(args.run_dir)
-    settings = __import__("yaml").safe_load((run / diag.CONFIG_NAME).read_text())
-    subject = diag.resolve_subject(run, settings, args.subject)
+    system: Any  # PersonaSystem in train mode
+    dataset: Any  # the training frames
+    truth: Tensor  # [T, N, 3] true garment offsets in the T true training poses
+    mean_truth: Tensor  # [N, 3] their mean over the poses
+    garment: Tensor  # [N] bool: the true garment Gaussians
+    rows: Tensor  # [G] the avatar rows of the garment Gaussians
+    picks: list[tuple[int, int]]  # (dataset row, pose t), largest pose-dependent truth first
+
+
+def load_probe(run_dir: Path, subject: Path | None) -> Probe:
+    """Load the run, rebuild the truth, and rank its generated frames by the mean magnitude of
+    the true pose-dependent offset over the garment."""
+    from persona.data import synth
+
+    run = diag.resolve_run(run_dir)
+    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
+    subject = diag.resolve_subject(run, settings, subject)
     system, dm = diag.load_system(run, subject)
     system.train()
     config = diag.synth_config(subject)
@@ -101,22 +110,34 @@ def main(argv: list[str]) -> int:
     truth_avatar = synth.build_avatar(body, identity, config)
     train_poses, lengths = diag.true_training_poses(body, identity, config)
     with torch.no_grad():
-        train_truth = synth.garment_offsets(body, truth_avatar, train_poses, config.garment)
-    mean_truth = train_truth.mean(0)  # [N, 3]
+        truth = synth.garment_offsets(body, truth_avatar, train_poses, config.garment)
+    mean_truth = truth.mean(0)  # [N, 3]
     garment = synth.garment_regions(truth_avatar)["garment"]
     index, _ = diag.match_gaussians(diag.avatar_canonical(system).detach(), truth_avatar.canonical)
-    rows = index[garment]  # avatar rows of the garment Gaussians
     dataset = dm.train_dataset()
     # generated rows in the order of true_training_poses (motions x subsampled frames)
     order = {(rec.split, rec.index): row for row, rec in enumerate(dataset.frames)}
-    starts = torch.tensor([0] + lengths).cumsum(0)
-    picks = []
+    picks, start = [], 0
     for k, n in enumerate(lengths):
-        for i in range(n):
-            picks.append((order[(synth.generated_split(k), i)], int(starts[k]) + i))
-    # the frames where the true pose-dependent offset is largest
-    magnitude = (train_truth - mean_truth)[:, garment].norm(dim=-1).mean(-1)  # [T]
+        picks += [(order[(synth.generated_split(k), i)], start + i) for i in range(n)]
+        start += n
+    magnitude = (truth - mean_truth)[:, garment].norm(dim=-1).mean(-1)  # [T]
     picks.sort(key=lambda p: -float(magnitude[p[1]]))
+    return Probe(system, dataset, truth, mean_truth, garment, index[garment], picks)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--frames", type=int, default=6, help="generated frames to average")
+    args = parser.parse_args(argv)
+    from persona.data.datamodule import collate_frames
+
+    probe = load_probe(args.run_dir, args.subject)
+    system, dataset, rows, garment = probe.system, probe.dataset, probe.rows, probe.garment
+    train_truth, mean_truth = probe.truth, probe.mean_truth
+    picks = probe.picks
     totals: dict[str, dict[str, float]] = {"deformer": {}, "static": {}}
     for row, t in picks[:args.frames]:
         batch = collate_frames([dataset[row]])
@@ -135,7 +156,7 @@ def main(argv: list[str]) -> int:
         for v in totals[key].values():
             v["share"] = v["along"] / total
         totals[key] = dict(sorted(totals[key].items(), key=lambda kv: -abs(kv[1]["along"])))
-    print(json.dumps({"run": str(run), "frames": args.frames, **totals}, indent=1))
+    print(json.dumps({"run": str(args.run_dir), "frames": args.frames, **totals}, indent=1))
     return 0
 
 

@@ -29,8 +29,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import deformer_diagnostics as diag  # noqa: E402
-from deformer_gradients import captured_terms  # noqa: E402
+from deformer_gradients import captured_terms, load_probe  # noqa: E402
 
 CHOICES = ("learned", "oracle", "mean", "none")
 
@@ -41,36 +40,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subject", type=Path, default=None)
     parser.add_argument("--frames", type=int, default=6)
     args = parser.parse_args(argv)
-    import yaml
-
     from persona.avatar.deformer import DeformerOutput
-    from persona.data import synth
     from persona.data.datamodule import collate_frames
 
-    run = diag.resolve_run(args.run_dir)
-    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
-    subject = diag.resolve_subject(run, settings, args.subject)
-    system, dm = diag.load_system(run, subject)
-    system.train()
-    config = diag.synth_config(subject)
-    body = synth.load_synth_body(config)
-    identity = synth.subject_identity(body, config.seed)
-    truth_avatar = synth.build_avatar(body, identity, config)
-    train_poses, lengths = diag.true_training_poses(body, identity, config)
-    with torch.no_grad():
-        truth = synth.garment_offsets(body, truth_avatar, train_poses, config.garment)  # [T,N,3]
-    mean_truth = truth.mean(0)
-    garment = synth.garment_regions(truth_avatar)["garment"]
-    index, _ = diag.match_gaussians(diag.avatar_canonical(system).detach(), truth_avatar.canonical)
-    rows = index[garment]
-    dataset = dm.train_dataset()
-    order = {(rec.split, rec.index): row for row, rec in enumerate(dataset.frames)}
-    picks, start = [], 0
-    for k, n in enumerate(lengths):
-        picks += [(order[(synth.generated_split(k), i)], start + i) for i in range(n)]
-        start += n
-    magnitude = (truth - mean_truth)[:, garment].norm(dim=-1).mean(-1)  # [T]
-    picks.sort(key=lambda p: -float(magnitude[p[1]]))
+    probe = load_probe(args.run_dir, args.subject)
+    system, dataset, rows, garment = probe.system, probe.dataset, probe.rows, probe.garment
+    truth, mean_truth, picks = probe.truth, probe.mean_truth, probe.picks
     static = system.avatar.mean_offset.detach()
     original = system.deformer.forward
     totals: dict[str, dict[str, float]] = {c: {} for c in CHOICES}
@@ -101,7 +76,7 @@ def main(argv: list[str]) -> int:
     for choice, entry in totals.items():
         report[choice] = {"total": sum(entry.values()),
                           "terms": dict(sorted(entry.items(), key=lambda kv: -kv[1]))}
-    print(json.dumps({"run": str(run), "frames": args.frames, **report}, indent=1))
+    print(json.dumps({"run": str(args.run_dir), "frames": args.frames, **report}, indent=1))
     return 0
 
 
