@@ -198,6 +198,17 @@ class PersonaSystem(LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        try:
+            return self._training_step(batch, batch_idx)
+        except RuntimeError as error:  # an op without a half kernel names the setting to change
+            precision = str(getattr(self._trainer, "precision", "")) if self._trainer else ""
+            if "mixed" not in precision:
+                raise
+            raise RuntimeError(f"trainer.precision={precision}: the training step failed in mixed "
+                               f"precision ({error}); train with trainer.precision 32-true (the "
+                               f"default)") from error
+
+    def _training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         is_input = host_flag(batch, "is_input")  # no device synchronisation
         lw, t, frozen = self.loss_weights, self.template, self.frozen
         on_reference = bool(lw.lap_level_on_reference)  # the level rule (docs: item 5)

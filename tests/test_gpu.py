@@ -5,8 +5,11 @@ precisions. Run by `bash experiments/gpu_check.sh` (TORCH_CUDA_ARCH_LIST set, gs
 build kept).
 
 Tolerances of the trained-avatar comparison (docs/RENDERING.md, "GsplatRenderer"): the avatar's
-Gaussians have opacity 1, so the full-opacity bounds apply (gsplat keeps alpha beyond 3 sigma):
-images mean abs <= 2e-3 and max abs <= 0.06, TorchRenderer with gsplat's max_alpha 0.999.
+Gaussians have opacity 1, and gsplat keeps alpha beyond our 3-sigma cut (every pixel where alpha
+reaches 1/255, out to ~3.33 sigma), so against TorchRenderer (max_alpha 0.999) the images differ
+at rims: measured on an H200, mean abs 2.2e-3 and max abs 0.074 in alpha. The same renders
+against DenseRenderer with the 3-sigma cut removed (power_min -inf, max_alpha 0.999) must agree
+far more tightly, which is what shows that the cut is the whole difference.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ pytestmark = [pytest.mark.gpu,
 TINY = str(BASE_CONFIG.parent / "tiny.yaml")
 GPU_FIT_STEPS = 4  # training steps of the tiny GPU fit
 GSPLAT_MAX_ALPHA = 0.999  # gsplat 1.5.3's clamp on alpha
-FULL_OPACITY_MEAN, FULL_OPACITY_MAX = 2e-3, 0.06  # docs/RENDERING.md full-opacity bounds
+TRAINED_MEAN, TRAINED_MAX = 5e-3, 0.15  # vs TorchRenderer: 2.3x / 2x the H200 measurement
+UNCUT_MEAN, UNCUT_MAX = 2e-4, 0.02  # vs DenseRenderer without the 3-sigma cut
 MIXED_PRECISIONS = ("bf16-mixed", "16-mixed")
 
 
@@ -86,6 +90,7 @@ def test_test_export_animate_with_gsplat(gpu_run: Path, tmp_path: Path) -> None:
 
 
 def test_gsplat_matches_torch_on_the_trained_avatar(gpu_run: Path) -> None:
+    from persona.render.dense import DenseRenderer
     from persona.render.gsplat_renderer import GsplatRenderer
     from persona.render.torch_renderer import TorchRenderer
     from persona.render.types import ChannelGroup
@@ -106,17 +111,21 @@ def test_gsplat_matches_torch_on_the_trained_avatar(gpu_run: Path) -> None:
             camera = _batch_camera(batch)
             channels = {"rgb": ChannelGroup(colours["rgb"])}
             ours = TorchRenderer(max_alpha=GSPLAT_MAX_ALPHA).render(gaussians, camera, channels)
+            uncut = DenseRenderer(max_alpha=GSPLAT_MAX_ALPHA, power_min=float("-inf")).render(
+                gaussians, camera, channels)
             theirs = GsplatRenderer().render(gaussians, camera, channels)
-        for name in ("rgb", "alpha", "depth"):
-            diff = (theirs[name] - ours[name]).abs()
-            if name == "depth":  # metres: compare where both are covered, relative to depth
-                covered = (ours["alpha"] > 0.5) & (theirs["alpha"] > 0.5)
-                diff = diff[covered] / ours[name][covered].abs().clamp(min=1e-6)
-            print(f"trained avatar, view {row}, {name}: mean {diff.mean():.2e} "
-                  f"max {diff.max():.2e}")
-            assert diff.mean() <= FULL_OPACITY_MEAN, name
-            if name != "depth":
-                assert diff.max() <= FULL_OPACITY_MAX, name
+        for label, reference, bounds in (("torch", ours, (TRAINED_MEAN, TRAINED_MAX)),
+                                         ("dense uncut", uncut, (UNCUT_MEAN, UNCUT_MAX))):
+            for name in ("rgb", "alpha", "depth"):
+                diff = (theirs[name] - reference[name]).abs()
+                if name == "depth":  # metres: where both are covered, relative to depth
+                    covered = (reference["alpha"] > 0.5) & (theirs["alpha"] > 0.5)
+                    diff = diff[covered] / reference[name][covered].abs().clamp(min=1e-6)
+                print(f"trained avatar vs {label}, view {row}, {name}: mean {diff.mean():.2e} "
+                      f"max {diff.max():.2e}")
+                assert diff.mean() <= bounds[0], (label, name)
+                if name != "depth":
+                    assert diff.max() <= bounds[1], (label, name)
 
 
 @pytest.mark.parametrize("precision", MIXED_PRECISIONS)

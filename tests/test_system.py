@@ -239,3 +239,28 @@ def test_face_patch_terms_on_the_input_image_only(tiny_subject: Path):
     logged.clear()
     system.training_step(collate_frames([dataset[dm.generated_rows[0]]]), 1)
     assert not any("face_patch" in k for k in logged)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_mixed_precision_failures_name_the_setting(precision: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel without a half-precision version fails deep in torch; under a mixed precision
+    the training step re-raises it naming trainer.precision and the fix; otherwise untouched."""
+    system = PersonaSystem()
+
+    class FakeTrainer:
+        pass
+
+    FakeTrainer.precision = precision
+    monkeypatch.setattr(system, "_trainer", FakeTrainer())
+
+    def fails(batch: dict, batch_idx: int) -> None:
+        raise NotImplementedError('"addmm_sparse_cuda" not implemented for \'BFloat16\'')
+
+    monkeypatch.setattr(system, "_training_step", fails)
+    with pytest.raises(NotImplementedError if precision == "32-true" else RuntimeError) as info:
+        system.training_step({}, 0)
+    if precision == "32-true":
+        assert "trainer.precision" not in str(info.value)
+    else:
+        assert "trainer.precision=bf16-mixed" in str(info.value) and "32-true" in str(info.value)

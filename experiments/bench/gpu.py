@@ -145,6 +145,7 @@ def bench_animation(system, frames: int) -> dict:
     from persona.render.types import ChannelGroup, RenderSettings
 
     width, height = (int(s * RESOLUTION_SCALE) for s in SUBJECT_SIZE)
+    system.to("cuda")  # trainer.fit's teardown moves the module back to the CPU
     system.eval()
     device = avatar_device(system)
     motion = resolve_motion("dance")
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         subject_seconds = time.perf_counter() - start
         system, training = bench_training(subject, args.steps, args.warmup, args.precision,
                                           lpips)
+        print(json.dumps({"training": training}), flush=True)  # kept if animation fails
         animation = bench_animation(system, args.frames)
     import gsplat
 

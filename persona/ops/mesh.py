@@ -78,8 +78,23 @@ def uniform_laplacian(faces: Tensor, num_vertices: int, max_neighbours: int = 10
                                    check_invariants=True).coalesce()
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # multiplied in float32 by apply_laplacian
+
+
 def apply_laplacian(laplacian: Tensor, values: Tensor) -> Tensor:
-    """L @ values for values [V, C] or [B, V, C] (differentiable in values) -> same shape."""
+    """L @ values for values [V, C] or [B, V, C] (differentiable in values) -> same shape.
+    Half-precision values (trainer.precision 16-mixed / bf16-mixed) are multiplied in float32,
+    with autocast off: sparse products have no half kernels on CUDA, and the regularisers that
+    call this are weighted up to 1e6, beyond half precision's range (the result is then float32)."""
+    device_type = values.device.type
+    if values.dtype in HALF_DTYPES or torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            wide = values.float() if values.dtype in HALF_DTYPES else values
+            return _apply_laplacian(laplacian, wide)
+    return _apply_laplacian(laplacian, values)
+
+
+def _apply_laplacian(laplacian: Tensor, values: Tensor) -> Tensor:
     if laplacian.dtype != values.dtype:
         laplacian = laplacian.to(values.dtype)
     if values.ndim == 2:

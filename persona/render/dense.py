@@ -29,13 +29,14 @@ DEFAULT_PIXEL_CHUNK = 1024  # pixels evaluated against all Gaussians at once
 
 
 def composite_dense(mean2d: Tensor, conic: Tensor, opacity: Tensor, values: Tensor,
-                    n_geometry: int, pixel_xy: Tensor, max_alpha: float) -> Tensor:
+                    n_geometry: int, pixel_xy: Tensor, max_alpha: float,
+                    power_min: float = POWER_MIN) -> Tensor:
     """Depth-sorted Gaussians [M, ...] against pixel centres [P, 2] -> [P, C]."""
     dx = pixel_xy[:, 0:1] - mean2d[None, :, 0]  # [P, M]
     dy = pixel_xy[:, 1:2] - mean2d[None, :, 1]  # [P, M]
     power = gaussian_power(dx, dy, conic[None, :, 0], conic[None, :, 1], conic[None, :, 2])
     alpha = torch.clamp_max(opacity[None, :] * torch.exp(power), max_alpha)  # [P, M]
-    keep = (power >= POWER_MIN) & (alpha >= ALPHA_MIN)
+    keep = (power >= power_min) & (alpha >= ALPHA_MIN)
     alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
     t_after = torch.cumprod(1 - alpha, dim=1)  # [P, M]
     t_before = torch.cat([torch.ones_like(t_after[:, :1]), t_after[:, :-1]], dim=1)
@@ -49,11 +50,14 @@ class DenseRenderer:
     """Reference renderer (every Gaussian x every pixel); see ``persona.render.types.Renderer``."""
 
     def __init__(self, eps2d: float = EPS2D, max_alpha: float = MAX_ALPHA,
-                 pixel_chunk: int = DEFAULT_PIXEL_CHUNK) -> None:
+                 pixel_chunk: int = DEFAULT_PIXEL_CHUNK, power_min: float = POWER_MIN) -> None:
         """eps2d: screen-space filter variance (px^2); max_alpha: clamp on alpha;
-        pixel_chunk: pixels per chunk (memory ~ pixel_chunk x N x 40 bytes with autograd)."""
+        pixel_chunk: pixels per chunk (memory ~ pixel_chunk x N x 40 bytes with autograd);
+        power_min: the cut on the Gaussian's exponent (3 sigma; -inf keeps every pixel whose
+        alpha reaches 1/255, which is what gsplat evaluates)."""
         self.eps2d = eps2d
         self.max_alpha = max_alpha
+        self.power_min = power_min
         self.pixel_chunk = pixel_chunk
 
     def render(self, gaussians: Gaussians, camera: Camera, channels: dict[str, ChannelGroup],
@@ -80,7 +84,7 @@ class DenseRenderer:
         parts = []
         for s in range(0, pixel_xy.shape[0], self.pixel_chunk):
             args = (mean2d, conic, opacity, values, layout.n_geometry,
-                    pixel_xy[s:s + self.pixel_chunk], self.max_alpha)
+                    pixel_xy[s:s + self.pixel_chunk], self.max_alpha, self.power_min)
             parts.append(checkpoint(composite_dense, *args, use_reentrant=False) if grad
                          else composite_dense(*args))
         return split_channels(torch.cat(parts, dim=0), layout, camera.height, camera.width)

@@ -65,12 +65,21 @@ class GsplatRenderer:
         viewmat = torch.eye(4, dtype=means.dtype, device=means.device)
         viewmat[:3, :3] = camera.R.to(means)
         viewmat[:3, 3] = camera.t.to(means)
-        image, alpha, _ = rasterization(
-            means, quats, scales, opacities, colors, viewmat[None], camera.K.to(means)[None],
-            camera.width, camera.height, near_plane=camera.near, far_plane=camera.far,
-            eps2d=self.eps2d, sh_degree=None, packed=False, tile_size=self.tile_size,
-            render_mode="RGB", rasterize_mode="antialiased", channel_chunk=colors.shape[1],
-        )
+        try:
+            image, alpha, _ = rasterization(
+                means, quats, scales, opacities, colors, viewmat[None], camera.K.to(means)[None],
+                camera.width, camera.height, near_plane=camera.near, far_plane=camera.far,
+                eps2d=self.eps2d, sh_degree=None, packed=False, tile_size=self.tile_size,
+                render_mode="RGB", rasterize_mode="antialiased", channel_chunk=colors.shape[1],
+            )
+        except RuntimeError as error:  # gsplat's kernels say "CUDAGuardImpl ... DeviceType: cpu"
+            if means.device.type == "cuda":
+                raise
+            raise ValueError(
+                f"GsplatRenderer: gsplat's kernels run on CUDA only, but the Gaussians are on "
+                f"{means.device}; move the avatar to the GPU (--device cuda; after trainer.fit, "
+                f"which moves the module back to the CPU, call .to('cuda')) or use renderer "
+                f"'torch'") from error
         return image[0], alpha[0]  # [H, W, C], [H, W, 1]
 
     def render(self, gaussians: Gaussians, camera: Camera, channels: dict[str, ChannelGroup],

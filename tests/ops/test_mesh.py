@@ -39,6 +39,28 @@ def test_uniform_laplacian_values() -> None:
     torch.testing.assert_close(capped[0], torch.tensor([-0.5, -0.5, 0.0]))
 
 
+def test_laplacian_in_mixed_precision_is_float32() -> None:
+    """Under autocast (trainer.precision bf16-mixed / 16-mixed) half-precision values are
+    multiplied in float32 with autocast off (CUDA has no half sparse kernels): the result is
+    float32, equals the float32 product of the same values, and gradients reach the input."""
+    laplacian = uniform_laplacian(FAN_FACES, 5)
+    for dtype in (torch.bfloat16, torch.float16):
+        values = (FAN_VERTICES * 1.5).to(dtype).requires_grad_(True)
+        stacked = torch.stack([values, values])  # [2, V, 3]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = apply_laplacian(laplacian, values)
+            batched = apply_laplacian(laplacian, stacked)
+        assert out.dtype == torch.float32 and batched.dtype == torch.float32
+        expected = apply_laplacian(laplacian, values.detach().float())
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(batched[1], expected)
+        out.square().sum().backward()
+        assert values.grad is not None and values.grad.abs().sum() > 0
+    double = FAN_VERTICES.double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # wider inputs keep their precision
+        assert apply_laplacian(laplacian, double).dtype == torch.float64
+
+
 def test_vertex_normals_area_weighted() -> None:
     normals = vertex_normals(FAN_VERTICES, FAN_FACES)
     torch.testing.assert_close(normals, torch.tensor([[0.0, 0, 1]]).expand(5, 3))

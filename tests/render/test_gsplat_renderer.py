@@ -123,3 +123,19 @@ def test_gsplat_wrapper_logic_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, a, b in zip(["means", "scales", "opacities", "quats", "rgb", "aux"], grad,
                           ref_grad, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4, msg=name)
+
+
+def test_gsplat_on_cpu_tensors_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU Gaussians given to GsplatRenderer (e.g. a module Lightning moved back to the CPU
+    after fit) end in one message naming the device and the fix, not gsplat's CUDAGuard error."""
+    gsplat = pytest.importorskip("gsplat")
+    from persona.render.gsplat_renderer import GsplatRenderer
+
+    def cuda_only(means, *args, **kwargs):  # what gsplat 1.5.3's kernels raise on CPU tensors
+        raise RuntimeError("CUDAGuardImpl initialized with non-CUDA DeviceType: cpu")
+
+    monkeypatch.setattr(gsplat, "rasterization", cuda_only)
+    gaussians, values = make_scene(10, 3)
+    with pytest.raises(ValueError, match=r"CUDA only.*cpu.*--device cuda"):
+        GsplatRenderer().render(gaussians, make_camera(16, 12),
+                                {"rgb": ChannelGroup(values["rgb"])})

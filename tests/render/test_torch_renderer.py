@@ -223,3 +223,29 @@ def test_isotropic_without_quats_matches_identity_quats() -> None:
     b = TorchRenderer().render(ident, cam, ch)["rgb"]
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert math.isfinite(a.sum().item())
+
+
+def test_dense_without_the_cut_keeps_the_rim_gsplat_keeps() -> None:
+    """DenseRenderer(power_min=-inf) (the reference gsplat's kernel matched to 1e-6 on an H200)
+    differs from the default only on the rim where the 3-sigma cut zeroes alpha: there its alpha
+    is the Gaussian's own value exp(power) * opacity, between 1/255 and exp(-4.5)."""
+    from persona.render.compositing import ALPHA_MIN, POWER_MIN, gaussian_power
+
+    f, w, h = 40.0, 41, 41
+    camera = Camera(torch.tensor([[f, 0, 20.5], [0, f, 20.5], [0, 0, 1.0]]), torch.eye(3),
+                    torch.zeros(3), w, h)
+    g = Gaussians(torch.tensor([[0.0, 0.0, 1.0]]), torch.full((1, 3), 0.06), torch.ones(1), None)
+    channels = {"rgb": ChannelGroup(torch.ones(1, 3))}
+    cut = DenseRenderer(max_alpha=0.999).render(g, camera, channels)["alpha"][..., 0]
+    uncut = DenseRenderer(max_alpha=0.999, power_min=float("-inf")).render(
+        g, camera, channels)["alpha"][..., 0]
+    proj = project(g, camera)
+    vv, uu = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    power = gaussian_power(uu - proj.mean2d[0, 0], vv - proj.mean2d[0, 1], *proj.conic[0])
+    expected = torch.clamp_max(proj.opacity[0] * torch.exp(power), 0.999)  # [H, W]
+    expected = torch.where(expected >= ALPHA_MIN, expected, torch.zeros_like(expected))
+    torch.testing.assert_close(uncut, expected)
+    rim = (power < POWER_MIN) & (expected > 0)
+    assert rim.sum() > 20  # a real annulus at this size (~2.6 px sigma)
+    assert (cut[rim] == 0).all() and (uncut[rim] <= torch.exp(torch.tensor(POWER_MIN))).all()
+    torch.testing.assert_close(cut[~rim], uncut[~rim])
