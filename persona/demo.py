@@ -27,7 +27,7 @@ HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "mask_iou": True
                     "garment_psnr": True, "garment_mask_iou": True}  # subjects with garment masks
 
 
-DEMO_PRESET = "garment"  # persona/data/synth.py PRESETS: the open body in the loose garment
+DEMO_PRESET = "garment"  # persona/data/synth/config.py PRESETS: the open body in the loose garment
 
 
 def _demo_subject_config(seed: int) -> Any:

@@ -1,4 +1,4 @@
-"""`persona synth`: build a ground-truth synthetic subject (persona/data/synth.py)."""
+"""`persona synth`: build a ground-truth synthetic subject (persona/data/synth/)."""
 
 from __future__ import annotations
 
