@@ -1,10 +1,13 @@
-"""`persona export` (3DGS PLY / npz) and `persona animate` (mp4 along a motion).
+"""`persona export` (3DGS PLY / npz, PLY sequences, avatar bundles) and `persona animate`.
+
+`persona animate` renders an mp4 along a motion.
 
 Layers, top to bottom:
 - `load_avatar(ckpt)`: the only part that knows about checkpoints (wiring point: PersonaSystem).
-- `resolve_pose`, `export_avatar`, `animate_avatar`: work on any object with
-  `posed_gaussians(pose: PoseParams, variant) -> (Gaussians, {"rgb": [N, 3], ...})` and plain
-  tensors, unit-tested without a trained avatar.
+- `resolve_pose`, `export_avatar`, `animate_avatar`, `write_ply_sequence` (sequence.py): work on
+  any object with `posed_gaussians(pose: PoseParams, variant) -> (Gaussians, {"rgb": [N, 3],
+  ...})` and plain tensors, unit-tested without a trained avatar; `write_bundle` (bundle.py)
+  also reads the system's template, body and skinning field.
 """
 
 from __future__ import annotations
@@ -15,14 +18,25 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from persona.body.types import NUM_JOINTS, PoseParams, big_pose
+from persona.body.types import PoseParams
+from persona.export.bundle import check_bundle_path, write_bundle
 from persona.export.ply import EXPORT_FORMATS, export_gaussians
+from persona.export.poses import (  # noqa: F401  (re-exported: the public names of this module)
+    DEFAULT_NUM_EXPRESSION,
+    PosableAvatar,
+    avatar_device,
+    canonical_pose,
+    check_max_frames,
+    frame_count,
+    motion_pose,
+    pose_to,
+    posed_frame,
+)
+from persona.export.sequence import SEQUENCE_INDEX, write_ply_sequence
 from persona.export.video import (
     DEFAULT_FOV_DEG,
     RenderTiming,
@@ -31,18 +45,10 @@ from persona.export.video import (
     turntable_cameras,
     write_mp4,
 )
-from persona.render.types import Camera, Gaussians
+from persona.render.types import Camera
 
-DEFAULT_NUM_EXPRESSION = 10  # expression coefficients of a neutral face (zeros)
 FRAMING_SAMPLES = 8  # motion frames posed up front to fit the camera around the whole motion
 VARIANTS = ("refined", "base")
-
-
-class PosableAvatar(Protocol):
-    """What export and animation need from an avatar (PersonaSystem implements it)."""
-
-    def posed_gaussians(self, pose: PoseParams, variant: str = "refined"
-                        ) -> tuple[Gaussians, dict[str, Tensor]]: ...
 
 
 # ---------------------------------------------------------------------------- checkpoint wiring
@@ -56,11 +62,6 @@ def load_avatar(ckpt: str, device: str | torch.device = "cpu") -> PosableAvatar:
 
     system, _ = load_trained_system(path, device=device)
     return system
-
-
-def avatar_device(avatar: PosableAvatar) -> torch.device:
-    """Where the avatar's tensors live (a LightningModule's `.device`; plain avatars: cpu)."""
-    return torch.device(getattr(avatar, "device", "cpu"))
 
 
 def animation_renderer_name(name: str, device: torch.device) -> str:
@@ -77,12 +78,6 @@ def animation_renderer_name(name: str, device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------- poses
-def pose_to(pose: PoseParams, device: torch.device) -> PoseParams:
-    """The same pose with its tensors on `device`."""
-    return PoseParams(pose.full_pose.to(device), pose.expression.to(device),
-                      pose.transl.to(device))
-
-
 @dataclass
 class PoseSpec:
     kind: str  # "canonical" | "frame" | "motion"
@@ -109,24 +104,6 @@ def parse_pose_spec(spec: str) -> PoseSpec:
         return PoseSpec("motion", motion=motion, time=int(time))
     raise ValueError(f"--pose {spec!r}: expected canonical, frame:<split>/<i> or "
                      f"motion:<npz>:<t>")
-
-
-def canonical_pose(num_expression: int = DEFAULT_NUM_EXPRESSION) -> PoseParams:
-    """The big pose at the origin with a neutral face (batch 1)."""
-    return PoseParams(big_pose()[None], torch.zeros(1, num_expression), torch.zeros(1, 3))
-
-
-def motion_pose(poses: np.ndarray, transl: np.ndarray, expression: np.ndarray | None,
-                t: int, source: str = "motion") -> PoseParams:
-    """Frame t of a motion (poses [T, 55, 3], transl [T, 3], expression [T, E] or None)."""
-    if not -poses.shape[0] <= t < poses.shape[0]:
-        raise ValueError(f"{source}: frame {t} out of range (the motion has {poses.shape[0]})")
-    expr = torch.zeros(1, DEFAULT_NUM_EXPRESSION) if expression is None \
-        else torch.as_tensor(expression[t], dtype=torch.float32)[None]
-    pose = PoseParams(torch.as_tensor(poses[t], dtype=torch.float32).reshape(1, NUM_JOINTS, 3),
-                      expr, torch.as_tensor(transl[t], dtype=torch.float32).reshape(1, 3))
-    pose.validate(f"{source} frame {t}")
-    return pose
 
 
 def resolve_pose(spec: PoseSpec, subject: str | None = None) -> PoseParams:
@@ -158,12 +135,37 @@ def export_avatar(avatar: PosableAvatar, pose: PoseParams, out: str | Path, fmt:
     return path, int(gaussians.means.shape[0])
 
 
+def export_mode(args: argparse.Namespace) -> str:
+    """"single" (one pose: PLY or npz file), "sequence" (--motion: a folder of PLY frames) or
+    "bundle" (--bundle: the animatable npz); ValueError for options that do not go together."""
+    many = "--bundle" if args.bundle else "--motion" if args.motion else ""
+    if many and args.pose != "canonical":
+        raise ValueError(f"--pose poses a single export; {many} exports a motion or a bundle "
+                         "(drop --pose)")
+    if many and args.format is not None:
+        raise ValueError(f"--format is for a single export; {many} writes "
+                         f"{'an npz bundle' if args.bundle else 'PLY frames'} (drop --format)")
+    if args.max_frames is not None and not args.motion:
+        raise ValueError("--max-frames limits a motion: also give --motion")
+    check_max_frames(args.max_frames)
+    return "bundle" if args.bundle else "sequence" if args.motion else "single"
+
+
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="persona export", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt)")
-    parser.add_argument("--out", required=True, help="output file (.ply or .npz)")
+    parser.add_argument("--out", required=True,
+                        help="output file (.ply or .npz); with --motion: a folder of PLY frames; "
+                             "with --bundle: an .npz")
     parser.add_argument("--pose", default="canonical",
                         help="canonical | frame:<split>/<i> | motion:<npz or built-in>:<t>")
+    parser.add_argument("--motion", default=None,
+                        help="built-in motion name or motion .npz: write one PLY per frame to "
+                             "the --out folder (with --bundle: the bundle's per-frame offsets)")
+    parser.add_argument("--bundle", action="store_true",
+                        help="write the animatable avatar bundle (.npz; docs/EXPORT.md)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="with --motion: only the first N frames")
     parser.add_argument("--subject", default=None, help="subject folder (for --pose frame:...)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="default: from the --out suffix, else ply")
@@ -172,27 +174,48 @@ def export_main(argv: list[str]) -> int:
                         help="where the avatar is built, loaded and posed: auto (cuda when "
                              "available) | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
-    fmt = args.format or ("npz" if args.out.endswith(".npz") else "ply")
     try:
-        pose = resolve_pose(parse_pose_spec(args.pose), args.subject)
-        avatar = load_avatar(args.ckpt, args.device)
-        path, count = export_avatar(avatar, pose, args.out, fmt, args.variant)
+        run = {"single": _export_single, "sequence": _export_sequence,
+               "bundle": _export_bundle}[export_mode(args)]
+        print(run(args))
     except (FileNotFoundError, ValueError) as exc:
         print(f"persona export: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {count} Gaussians ({fmt}, pose {args.pose}) to {path}")
     return 0
 
 
+def _export_single(args: argparse.Namespace) -> str:
+    fmt = args.format or ("npz" if args.out.endswith(".npz") else "ply")
+    pose = resolve_pose(parse_pose_spec(args.pose), args.subject)
+    avatar = load_avatar(args.ckpt, args.device)
+    path, count = export_avatar(avatar, pose, args.out, fmt, args.variant)
+    return f"wrote {count} Gaussians ({fmt}, pose {args.pose}) to {path}"
+
+
+def _export_sequence(args: argparse.Namespace) -> str:
+    from persona.data.motions import resolve_motion
+
+    motion = resolve_motion(args.motion)
+    avatar = load_avatar(args.ckpt, args.device)
+    done = write_ply_sequence(avatar, motion, args.out, args.variant, args.max_frames)
+    return (f"wrote {done.num_frames} PLY frames of {done.num_gaussians} Gaussians (motion "
+            f"{motion.name}, {done.fps:g} fps) and {SEQUENCE_INDEX} to {done.folder}")
+
+
+def _export_bundle(args: argparse.Namespace) -> str:
+    from persona.data.motions import resolve_motion
+
+    check_bundle_path(args.out)  # before the slow loading
+    motion = resolve_motion(args.motion) if args.motion else None
+    avatar = load_avatar(args.ckpt, args.device)
+    done = write_bundle(avatar, args.out, motion, args.variant, args.max_frames)
+    offsets = (f", offsets for {done.num_frames} frames of motion {motion.name}"
+               if motion is not None else "")
+    return (f"wrote the avatar bundle ({done.num_gaussians} Gaussians, 55 joints{offsets}) to "
+            f"{done.path}")
+
+
 # ---------------------------------------------------------------------------- animate
-def _posed(avatar: PosableAvatar, poses: np.ndarray, transl: np.ndarray,
-           expression: np.ndarray | None, t: int, variant: str) -> tuple[Gaussians, Tensor]:
-    pose = pose_to(motion_pose(poses, transl, expression, t), avatar_device(avatar))
-    with torch.no_grad():
-        gaussians, channels = avatar.posed_gaussians(pose, variant)
-    return gaussians, channels["rgb"]
-
-
 def animate_avatar(avatar: PosableAvatar, poses: np.ndarray, transl: np.ndarray,
                    expression: np.ndarray | None, out: str | Path, renderer, fps: float,
                    width: int, height: int, turntable: bool = False,
@@ -204,15 +227,13 @@ def animate_avatar(avatar: PosableAvatar, poses: np.ndarray, transl: np.ndarray,
     camera None: a camera framing the whole motion from the front (+z), or orbiting once around
     it over the clip when turntable. Returns (path, timing of the renderer calls).
     """
-    total = poses.shape[0] if max_frames is None else min(poses.shape[0], max_frames)
-    if total < 1:
-        raise ValueError("animate: the motion has no frames")
+    total = frame_count(poses.shape[0], max_frames, "animate")
     if camera is not None and turntable:
         raise ValueError("animate: --turntable orbits an automatic camera; drop --camera")
     if camera is None:
         samples = sorted({round(i * (total - 1) / max(FRAMING_SAMPLES - 1, 1))
                           for i in range(FRAMING_SAMPLES)})
-        points = torch.cat([_posed(avatar, poses, transl, expression, t, variant)[0].means
+        points = torch.cat([posed_frame(avatar, poses, transl, expression, t, variant)[0].means
                             for t in samples])  # [S * N, 3]
         centre, distance = framing_distance(points.float().cpu(), width, height, fov_deg)
         cameras = turntable_cameras(centre, distance, total if turntable else 1, width, height,
@@ -222,8 +243,8 @@ def animate_avatar(avatar: PosableAvatar, poses: np.ndarray, transl: np.ndarray,
 
     def items():
         for t in range(total):
-            gaussians, rgb = _posed(avatar, poses, transl, expression, t, variant)
-            yield gaussians, rgb, cameras[t % len(cameras)].to(gaussians.means.device)
+            gaussians, channels = posed_frame(avatar, poses, transl, expression, t, variant)
+            yield gaussians, channels["rgb"], cameras[t % len(cameras)].to(gaussians.means.device)
 
     frames, timing = render_frames(items(), renderer)
     return write_mp4(out, frames, fps), timing
