@@ -122,3 +122,18 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     assert learned["image_base"] == pytest.approx(truth["image_base"])  # base: no deformer
     assert learned["image_refined"] != pytest.approx(truth["image_refined"], rel=1e-9)
     assert oracle["none"]["total"] == pytest.approx(sum(oracle["none"]["terms"].values()))
+
+    # experiments/skinning_consistency.py on the same run: with the template's own weights (what
+    # the truth skins with) the true offsets reproduce the true posed garment exactly, with or
+    # without the re-lookup; with no offsets the garment is off by its true displacement
+    skinning = _load("skinning_consistency")
+    exact = skinning.measure(run, None, 3, "train", method="template")
+    assert exact["poses"] == 3 and exact["skinning_method"] == "template"
+    for name in ("truth_offsets_relookup", "truth_offsets_fixed_weights"):
+        assert exact["garment"][name]["q90_mm"] < 0.05, name
+    assert exact["garment"]["no_offset"]["mean_mm"] > 1.0
+    assert exact["not_garment"]["no_offset"]["q90_mm"] < 0.05  # no garment offset there
+    lookup = skinning.measure(run, None, 3, "train")  # the run's skinning volume
+    for name in ("no_offset", "truth_offsets_relookup", "truth_offsets_fixed_weights"):
+        assert math.isfinite(lookup["garment"][name]["mean_mm"]), name
+
