@@ -40,23 +40,41 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; a user error ends as one line on stderr and status 1 (persona/errors.py),
+    `--debug` anywhere (or PERSONA_DEBUG=1) shows its traceback instead."""
+    from persona.errors import DEBUG_ENV, run_user_command, split_debug
+
+    from_console = argv is None
+    argv, debug = split_debug(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     command = argv[0]
     if command in LIGHTNING_SUBCOMMANDS:
-        from persona.lightning_cli import run_lightning_cli
-
-        # LightningCLI reads sys.argv itself when args is None (the console-script case).
-        run_lightning_cli(None if argv == sys.argv[1:] else argv)
-        return 0
+        if from_console:  # LightningCLI (and a DDP relaunch) read sys.argv: without --debug
+            sys.argv[1:] = argv
+            if debug:
+                os.environ[DEBUG_ENV] = "1"  # DDP workers re-run the command line
+        return run_user_command(command, _run_lightning, argv, debug)
     if command in TOOLS:
-        module_name, function_name, _ = TOOLS[command]
-        function = getattr(importlib.import_module(module_name), function_name)
-        return int(function(argv[1:]) or 0)
+        return run_user_command(command, _tool(command), argv[1:], debug)
     print(f"persona: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
+
+
+def _run_lightning(argv: list[str]) -> int:
+    """`persona fit|validate|test|predict ...` (argv starts with the subcommand)."""
+    from persona.lightning_cli import run_lightning_cli
+
+    # LightningCLI reads sys.argv itself when args is None (the console-script case).
+    run_lightning_cli(None if argv == sys.argv[1:] else argv)
+    return 0
+
+
+def _tool(command: str):
+    """The function of a tool subcommand: argv (list[str]) -> exit status."""
+    module_name, function_name, _ = TOOLS[command]
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def entry_point() -> None:

@@ -9,17 +9,68 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from persona.callbacks.loggers import make_loggers
 from persona.data.datamodule import PersonaDataModule
+from persona.errors import suggestion
+from persona.runs import (
+    EVAL_CHECKPOINT_KEYS,
+    RESUME_CHECKPOINT_KEYS,
+    STATE_DICT_ERROR,
+    load_checkpoint,
+    model_mismatch_error,
+)
 from persona.system import PersonaSystem
+
+PROG = "persona"  # the name in usage lines and `tip: ... --help`
+# ckpt_path values Lightning resolves itself (not files); "registry:..." too
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+# subcommand -> what its --ckpt_path must hold (fit resumes: optimiser and loop state too)
+CKPT_KEYS: dict[str, Sequence[str]] = {"fit": RESUME_CHECKPOINT_KEYS,
+                                       "validate": EVAL_CHECKPOINT_KEYS,
+                                       "test": EVAL_CHECKPOINT_KEYS,
+                                       "predict": EVAL_CHECKPOINT_KEYS}
+
+
+class SuggestingArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser; an unknown key (on the command line or in a --config file) is
+    also answered with the nearest valid keys."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        parser = getattr(ex, "subcommand_parser", None) or self
+        hint = suggestion(message, parser_keys(parser))
+        super().error(f"{message}; {hint}" if hint else message, ex)
+
+
+def parser_keys(parser: LightningArgumentParser) -> list[str]:
+    """The dotted keys a (subcommand) parser accepts."""
+    return [action.dest for action in parser._actions
+            if action.dest != "help" and not action.dest.endswith(".help")]
+
+
+def is_checkpoint_file(ckpt_path: Any) -> bool:
+    """A local checkpoint file (not "last"/"best"/registry names, not a URL)."""
+    if not isinstance(ckpt_path, (str, Path)):
+        return False
+    text = str(ckpt_path)
+    return text.partition(":")[0] not in LIGHTNING_CKPT_NAMES and "://" not in text
+
+
+def check_ckpt_path(ckpt_path: Any, required_keys: Sequence[str],
+                    weights_only: bool | None = None) -> None:
+    """UserError naming --ckpt_path when it is missing, truncated, corrupt or lacks
+    `required_keys`; cheap (the tensors are memory-mapped, not read)."""
+    if is_checkpoint_file(ckpt_path):
+        load_checkpoint(ckpt_path, map_location="cpu", required_keys=required_keys,
+                        weights_only=weights_only, mmap=True)
 
 
 class SaveAndLogConfig(SaveConfigCallback):
@@ -39,6 +90,41 @@ class PersonaCLI(LightningCLI):
         # W&B is offline unless the user says otherwise; it must never block a run or a test.
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check --ckpt_path before Lightning reads it (right after parsing, for
+        the model's hyperparameters; then again to restore the weights)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand in CKPT_KEYS:
+            settings = self.config[subcommand]
+            check_ckpt_path(settings.get("ckpt_path"), CKPT_KEYS[subcommand],
+                            settings.get("weights_only"))
+
+    # Trainer.fit/validate/test/predict run through these (LightningCLI calls a CLI method of
+    # the subcommand's name when there is one).
+    def fit(self, **kwargs: Any) -> None:
+        self._run_checked("fit", kwargs)
+
+    def validate(self, **kwargs: Any) -> None:
+        self._run_checked("validate", kwargs)
+
+    def test(self, **kwargs: Any) -> None:
+        self._run_checked("test", kwargs)
+
+    def predict(self, **kwargs: Any) -> None:
+        self._run_checked("predict", kwargs)
+
+    def _run_checked(self, subcommand: str, kwargs: dict[str, Any]) -> None:
+        """trainer.<subcommand>(**kwargs); a --ckpt_path whose tensors do not fit the model
+        (another subject, body or settings) is a UserError."""
+        ckpt = kwargs.get("ckpt_path")
+        try:
+            getattr(self.trainer, subcommand)(**kwargs)
+        except RuntimeError as error:
+            if not is_checkpoint_file(ckpt) or STATE_DICT_ERROR not in str(error):
+                raise
+            raise model_mismatch_error(ckpt, None, error) from error
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Default loggers and checkpoint folder live under `trainer.default_root_dir` (RUN):
@@ -74,6 +160,7 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
     if run:
         parser_kwargs = {sub: dict(parser_kwargs) for sub in ("fit", "validate", "test",
                                                               "predict")}
+        parser_kwargs["prog"] = PROG
     arguments = sys.argv[1:] if argv is None else argv
     # Only `fit` writes RUN/config.yaml: test/validate/predict runs read it and must not
     # overwrite it with their own subcommand options.
@@ -88,6 +175,7 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
             args=argv,
             run=run,
             parser_kwargs=parser_kwargs,
+            parser_class=SuggestingArgumentParser,
             save_config_callback=save_config,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,

@@ -372,6 +372,7 @@ class SubjectError(ValueError):
     """An invalid subject; the message is the full validation report."""
 
     def __init__(self, root: str | Path, problems: list[Problem]):
+        self.root = root
         self.problems = problems
         super().__init__(format_report(root, problems))
 
