@@ -12,7 +12,10 @@ on the test poses of a synthetic subject, over the garment Gaussians (mm, world 
   the displaced position (what the avatar's posing does; what the canonical-space deformation
   metrics and experiments/deformer_oracle.py assume reproduces the truth);
 - truth_offsets_fixed_weights: the same offsets skinned with the weights looked up at the
-  undisplaced position (`refined_lookup: false`).
+  undisplaced position (`refined_lookup: false`);
+- learned_static_only / learned: the run's own avatar (its static offset and skinning settings),
+  with its deformer's output set to zero / as trained: how close the fitted surface is to the
+  true posed garment, whatever canonical offsets it chose.
 
 Everything else (body, identity, pose, skinning field) is the run's own.
 
@@ -78,6 +81,26 @@ def refined_means(system: Any, pose: Any, offsets: Tensor, refined_lookup: bool,
         system.skinning_cfg = settings
 
 
+def learned_means(system: Any, pose: Any, deformer_on: bool) -> Tensor:
+    """The run's own refined world means [N, 3] in `pose` (its static offset and skinning), with
+    its deformer, or with the deformer's mean offset set to zero."""
+    from persona.avatar import posing as posing_lib
+    from persona.avatar.deformer import DeformerOutput
+
+    original = system.deformer.forward
+    try:
+        if not deformer_on:
+            def zero(*a: Any, **k: Any) -> DeformerOutput:
+                out = original(*a, **k)
+                return DeformerOutput(mean_offset=torch.zeros_like(out.mean_offset),
+                                      rgb_offset=None, scale_offset=None)
+            system.deformer.forward = zero
+        state = system.posed_state(pose, posing_lib.body_pose_6d(pose))
+        return state.means["refined"].detach()
+    finally:
+        system.deformer.forward = original
+
+
 def measure(run_dir: Path, subject: Path | None, max_poses: int, split: str = "test",
             method: str | None = None) -> dict[str, Any]:
     import yaml
@@ -102,7 +125,8 @@ def measure(run_dir: Path, subject: Path | None, max_poses: int, split: str = "t
     poses = poses[::max(1, -(-len(poses) // max_poses))]
     n = system.template.canonical_vertices.shape[0]
     errors: dict[str, list[Tensor]] = {k: [] for k in (
-        "no_offset", "truth_offsets_relookup", "truth_offsets_fixed_weights")}
+        "no_offset", "truth_offsets_relookup", "truth_offsets_fixed_weights",
+        "learned_static_only", "learned")}
     with torch.no_grad():
         for pose in poses:
             true_offsets = synth.garment_offsets(body, truth, pose, config.garment)[0]  # [M, 3]
@@ -113,6 +137,9 @@ def measure(run_dir: Path, subject: Path | None, max_poses: int, split: str = "t
                                             ("truth_offsets_relookup", placed, True),
                                             ("truth_offsets_fixed_weights", placed, False)):
                 means = refined_means(system, pose, offsets, relookup, method)[index]  # [M, 3]
+                errors[name].append((means - true_posed).norm(dim=-1))  # [M]
+            for name, on in (("learned_static_only", False), ("learned", True)):
+                means = learned_means(system, pose, on)[index]  # [M, 3]
                 errors[name].append((means - true_posed).norm(dim=-1))  # [M]
     report: dict[str, Any] = {"run": str(run), "subject": str(subject), "split": split,
                               "poses": len(poses),
