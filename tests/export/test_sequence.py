@@ -146,8 +146,8 @@ def test_frame_names_and_option_errors(tmp_path: Path, capsys: pytest.CaptureFix
             (["--motion", "wave", "--max-frames", "0"], "positive"),
             (["--bundle"], ".npz file"),
             (["--motion", "nosuch"], "unknown built-in motion")):
-        assert export_main(["--ckpt", ckpt, "--out", str(tmp_path / "x"), *argv]) == 2
+        assert export_main(["--ckpt", ckpt, "--out", str(tmp_path / "x"), *argv]) == 1
         assert message in capsys.readouterr().err
-    assert export_main(["--ckpt", ckpt, "--motion", "wave", "--out", str(tmp_path / "x")]) == 2
+    assert export_main(["--ckpt", ckpt, "--motion", "wave", "--out", str(tmp_path / "x")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == []
