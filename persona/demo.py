@@ -146,6 +146,8 @@ def main(argv: list[str]) -> int:
     print(f"  metrics   {fit_run / 'metrics.json'} (step 0: {step0_run / 'metrics.json'})")
     print(f"  PLY       {ply}")
     print(f"  video     {video}")
+    print(f"  viewer    persona view {fit_run} --motion {args.motion}   # serves a web viewer on "
+          f"127.0.0.1 (docs/EXPORT.md)")
     print(f"  media     {fit_run / 'media'}")
     if wandb_runs:
         print(f"  W&B       {wandb_runs[0]} (offline); upload with: wandb sync {wandb_runs[0]}")
