@@ -13,6 +13,14 @@ Offset metrics, per region, over the garment Gaussians x poses (|.| the Euclidea
                                                  static_only_error_mm = mean |S - Y|
   deformer_error_mm = mean |D - (Y - M)|  beside  deformer_zero_error_mm = mean |Y - M|
   deformer_correlation = Pearson(D, Y - M) over every component (NaN when one side is constant).
+World-space metrics, per region (the posed surface, whatever canonical offsets produced it):
+  world_error_mm = mean |refined - P|  beside  world_static_only_error_mm = mean |base - P|  and
+                                               world_zero_offset_error_mm = mean |B - P|
+  with P the true posed garment, B the true posed body without the garment (both skinned with the
+  truth's template weights), and refined / base the avatar's posed means with / without the
+  deformer (its own skinning). Unlike the canonical metrics these do not assume the avatar skins
+  like the truth: a different skinning volume or the refined re-lookup moves where a canonical
+  offset lands (experiments/skinning_consistency.py, docs/ABLATIONS.md).
 Sections "<region>" on the test poses (the distinct poses of the test split) and
 "train_<region>" on the true poses the generated frames were rendered in (before pose noise).
 
@@ -52,8 +60,9 @@ MATCH_TOLERANCE_M = 1e-5  # canonical positions this close: same template, match
 NN_BLOCK_ELEMENTS = 1 << 24  # distances per nearest-neighbour block (64 MiB of float32)
 GARMENT_REGION_DILATION_PX = 3  # the garment region: its true mask dilated by this (scored px)
 MIN_MSE = 1e-10  # garment_psnr of identical pixels is capped at 100 dB (not infinite)
+WORLD_KEYS = ("world_error_mm", "world_static_only_error_mm", "world_zero_offset_error_mm")
 OFFSET_KEYS = ("total_error_mm", "zero_offset_error_mm", "static_only_error_mm",
-               "deformer_error_mm", "deformer_zero_error_mm", "deformer_correlation")
+               "deformer_error_mm", "deformer_zero_error_mm", "deformer_correlation", *WORLD_KEYS)
 IMAGE_KEYS = ("garment_psnr", "garment_mask_iou")
 
 
@@ -98,6 +107,21 @@ def offset_errors(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_m
         "deformer_zero_error_mm": mean_mm(pose_part),
         "deformer_correlation": pearson(deformer, pose_part),
     }
+
+
+def world_errors(refined: Tensor, base: Tensor, true_posed: Tensor, true_bare: Tensor
+                 ) -> dict[str, float]:
+    """The world-space metrics (module docstring) of one region in one set of poses: refined,
+    base (the avatar's posed means with / without the deformer), true_posed (P) and true_bare
+    (B), all [T, G, 3] world metres."""
+    shapes = {t.shape for t in (refined, base, true_posed, true_bare)}
+    if len(shapes) != 1 or len(true_posed.shape) != 3:
+        got = [list(t.shape) for t in (refined, base, true_posed, true_bare)]
+        raise ValueError(f"world_errors: refined, base, true_posed and true_bare must share one "
+                         f"[T, G, 3] shape, got {got}")
+    return {"world_error_mm": mean_mm(refined - true_posed),
+            "world_static_only_error_mm": mean_mm(base - true_posed),
+            "world_zero_offset_error_mm": mean_mm(true_bare - true_posed)}
 
 
 def region_errors(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_mean: Tensor,
@@ -348,6 +372,8 @@ class DeformationTruth:
     offsets: dict[str, Tensor]  # "test" / "train" -> [T, M, 3] true offsets in those poses
     train_lengths: list[int]  # frames of each training motion (all poses, in order)
     train_indices: list[int]  # which of the training poses `poses["train"]` holds
+    posed: dict[str, Tensor]  # "test" / "train" -> [T, M, 3] true posed garment (world)
+    bare: dict[str, Tensor]  # "test" / "train" -> [T, M, 3] true posed body without it
 
 
 def build_truth(subject: str | Path, test_poses: list, max_poses: int | None = None
@@ -379,13 +405,34 @@ def build_truth(subject: str | Path, test_poses: list, max_poses: int | None = N
         test_truth = (synth.garment_offsets(body, avatar, stack_poses(test), config.garment
                                             )[:, garment] if test
                       else train_truth.new_zeros(0, int(garment.sum()), 3))  # [T, M, 3]
+        train = [synth.select(train_all, i) for i in train_indices]
+        posed, bare = {}, {}
+        for name, poses in (("test", test), ("train", train)):
+            posed[name], bare[name] = _true_world(body, avatar, poses, config.garment, garment)
     return DeformationTruth(
         canonical=avatar.canonical.detach().float(), garment=garment,
         regions={name: mask.bool()[garment] for name, mask in regions.items()},
         train_mean=train_truth.mean(0),
-        poses={"test": test, "train": [synth.select(train_all, i) for i in train_indices]},
+        poses={"test": test, "train": train},
         offsets={"test": test_truth, "train": train_truth[train_indices]},
-        train_lengths=lengths, train_indices=train_indices)
+        train_lengths=lengths, train_indices=train_indices, posed=posed, bare=bare)
+
+
+def _true_world(body: Any, avatar: Any, poses: list, garment_settings: Any, garment: Tensor
+                ) -> tuple[Tensor, Tensor]:
+    """(true posed garment P, true posed body without it B), each [T, M, 3] world metres, of
+    the garment Gaussians in `poses` (batch 1 each)."""
+    from persona.body.lbs import skin_points
+    from persona.data import synth
+
+    count = int(garment.sum())
+    if not poses:
+        return torch.zeros(0, count, 3), torch.zeros(0, count, 3)
+    stacked = stack_poses(poses)
+    posed = synth.posed_means(body, avatar, stacked, garment_settings)[:, garment]
+    transforms = body.transforms_from_canonical(avatar.identity, stacked)  # [T, 55, 4, 4]
+    bare = skin_points(avatar.canonical, avatar.weights, transforms)[:, garment]
+    return posed.float(), bare.float()
 
 
 # ---------------------------------------------------------------------------- the model's side
@@ -416,6 +463,25 @@ def avatar_canonical(system: Any) -> Tensor:
     return system.template.canonical_vertices
 
 
+def model_posed(system: Any, poses: list, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(the deformer's canonical offsets, the refined and the base posed means) of the matched
+    Gaussians (index [M]) in each pose, each [T, M, 3] on the CPU (no gradient)."""
+    from persona.avatar.posing import body_pose_6d
+
+    empty = torch.zeros(0, index.shape[0], 3)
+    if not poses:
+        return empty, empty, empty
+    offsets, refined, base = [], [], []
+    with torch.no_grad():
+        for pose in poses:
+            pose = _to(pose, static_offset(system).device)
+            state = system.posed_state(pose, body_pose_6d(pose))
+            offsets.append((state.canonical_refined - state.canonical_base).cpu()[index])
+            refined.append(state.means["refined"].cpu()[index])
+            base.append(state.means["base"].cpu()[index])
+    return torch.stack(offsets), torch.stack(refined).float(), torch.stack(base).float()
+
+
 def model_offsets(system: Any, poses: list, index: Tensor) -> Tensor:
     """The deformer's offsets of the matched Gaussians (index [M]) in each pose -> [T, M, 3]
     on the CPU (no gradient)."""
@@ -443,9 +509,14 @@ def deformation_report(system: Any, truth: DeformationTruth,
         report: dict[str, Any] = {"matching": method, "test_poses": len(truth.poses["test"]),
                                   "training_poses": len(truth.poses["train"])}
         for pose_set, prefix in (("test", ""), ("train", TRAIN_PREFIX)):
-            deformer = model_offsets(system, truth.poses[pose_set], index)  # [T, M, 3]
-            report.update(region_errors(deformer, static, truth.offsets[pose_set],
-                                        truth.train_mean, truth.regions, prefix))
+            deformer, refined, base = model_posed(system, truth.poses[pose_set], index)
+            sections = region_errors(deformer, static, truth.offsets[pose_set],
+                                     truth.train_mean, truth.regions, prefix)
+            for name, mask in truth.regions.items():
+                sections[f"{prefix}{name}"].update(world_errors(
+                    refined[:, mask], base[:, mask], truth.posed[pose_set][:, mask],
+                    truth.bare[pose_set][:, mask]))
+            report.update(sections)
     return report
 
 
@@ -466,10 +537,11 @@ def report_scalars(report: dict[str, Any], prefix: str,
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """A small table of a metrics.json deformation section: the garment regions' errors (mm)
-    next to their zero baselines, and the deformer's correlation."""
+    """A small table of a metrics.json deformation section: the garment regions' canonical
+    errors (mm) next to their zero baselines, the world-space errors (world: the avatar; w-zero:
+    no garment offset; w-static: without the deformer), and the deformer's correlation."""
     lines = [f"{'section':<22}{'total':>8}{'zero':>8}{'static':>8}{'deformer':>10}"
-             f"{'zero':>8}{'corr':>7}"]
+             f"{'zero':>8}{'world':>8}{'w-zero':>8}{'w-static':>9}{'corr':>7}"]
 
     def number(value: Any, width: int, digits: int) -> str:
         if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -484,5 +556,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{number(values['static_only_error_mm'], 8, 2)}"
                      f"{number(values['deformer_error_mm'], 10, 2)}"
                      f"{number(values['deformer_zero_error_mm'], 8, 2)}"
+                     f"{number(values.get('world_error_mm'), 8, 2)}"
+                     f"{number(values.get('world_zero_offset_error_mm'), 8, 2)}"
+                     f"{number(values.get('world_static_only_error_mm'), 9, 2)}"
                      f"{number(values['deformer_correlation'], 7, 3)}")
     return lines

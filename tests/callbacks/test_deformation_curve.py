@@ -4,6 +4,7 @@ logs deform/* during a short fit, TestMetricsWriter adds the garment image metri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -153,6 +154,21 @@ def test_curve_during_fit_then_the_test_section(subject: Path, tmp_path: Path) -
                 "deformer_zero_error_mm"):
         assert math.isfinite(garment[key]) and math.isfinite(section["train_garment"][key]), key
     assert section["garment_image"]["dilation_px"] == dm.GARMENT_REGION_DILATION_PX
+    # world space: the no-offset baseline is the true garment's posed displacement, computed
+    # here through the synth's own posing with the garment switched off
+    config = dm.synth_config(subject)
+    body = synth.load_synth_body(config)
+    avatar = synth.build_avatar(body, synth.subject_identity(body, config.seed), config)
+    poses = dm.stack_poses(dm.distinct_poses([f.pose for f in datamodule.test_frames]))
+    flat = dataclasses.replace(config.garment, skirt_lag=0.0, sleeve_sag=0.0)
+    moved = (synth.posed_means(body, avatar, poses, config.garment)
+             - synth.posed_means(body, avatar, poses, flat))[:, synth.garment_regions(avatar)[
+                 "garment"]]
+    assert garment["world_zero_offset_error_mm"] == pytest.approx(
+        float(moved.norm(dim=-1).mean()) * 1000.0, rel=1e-4)
+    assert garment["world_zero_offset_error_mm"] > 1.0
+    for key in dm.WORLD_KEYS:
+        assert math.isfinite(garment[key]) and math.isfinite(section["train_garment"][key]), key
     # the curve's last point is the same avatar scored on the same (all) test poses
     assert last["deform/total_error_mm"] == pytest.approx(garment["total_error_mm"], rel=1e-5)
     tested = {k: v for step, row in logger.rows for k, v in row.items()
