@@ -21,7 +21,8 @@ from torch import Tensor
 
 from persona.metrics import deformation as deformation_metrics
 
-CURVE_KEYS = ("total_error_mm", "deformer_error_mm", "deformer_correlation")
+CURVE_KEYS = ("total_error_mm", "deformer_error_mm", "deformer_correlation", "world_error_mm",
+              "world_static_only_error_mm")
 CURVE_PREFIX = "deform"
 DEFAULT_EVERY_N_STEPS = 50  # ~10 points over the demo's 480 steps
 DEFAULT_MAX_POSES = 4  # poses of each set (test, train) evaluated per point: cheap on a CPU

@@ -128,7 +128,8 @@ def test_curve_during_fit_then_the_test_section(subject: Path, tmp_path: Path) -
             "deform/train/total_error_mm", "deform/train/deformer_error_mm"} <= set(first)
     last = logged[-1][1]
     assert {f"deform/{k}" for k in ("total_error_mm", "deformer_error_mm",
-                                    "deformer_correlation")} <= set(last)
+                                    "deformer_correlation", "world_error_mm",
+                                    "world_static_only_error_mm")} <= set(last)
     assert {f"deform/train/{k}" for k in ("total_error_mm", "deformer_error_mm",
                                           "deformer_correlation")} <= set(last)
     assert all(math.isfinite(v) for v in last.values())
