@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> int:
     try:
         root = init_subject(args.photo, args.subject, spec, args.name, args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"persona prep init: {error}")
+        print(f"persona prep init: {error}", file=sys.stderr)
         return 1
     print(f"persona prep init: wrote {root}/subject.json and {root}/captured/images/0.png")
     return 0

@@ -482,9 +482,9 @@ def test_prep_init_bad_photo(capsys, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(b"not an image")
     status = main(["prep", "init", str(photo), str(tmp_path / "subject")])
-    captured = capsys.readouterr()  # `prep init` prints its error line to stdout
+    captured = capsys.readouterr()
     assert status == 1 and "Traceback" not in captured.err + captured.out
-    assert f"persona prep init: photo {photo}: not a readable image" in captured.out
+    assert f"persona prep init: photo {photo}: not a readable image" in captured.err
 
 
 # ---------------------------------------------------------------------------- the console script
