@@ -8,12 +8,17 @@ Several GPUs: ``--trainer.devices N --trainer.strategy ddp``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
 from data_prep.stage import PrepData, PrepStage
+from persona.locks import lock_folder
+
+WAIT_FLAG = "--wait"  # wait while another command writes the subject (default: stop at once)
 
 # Trainer defaults for preprocessing: no logger, no checkpoints, quiet (a config may override).
 PREP_TRAINER_DEFAULTS: dict[str, Any] = {
@@ -83,8 +88,15 @@ def _run(argv: list[str]) -> int:
         from data_prep.init_subject import main as init_main
 
         return init_main(list(argv[1:]))
-    cli = build_cli(list(argv))
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    wait = WAIT_FLAG in argv or None  # None: PERSONA_LOCK_WAIT decides
+    cli = build_cli([arg for arg in argv if arg != WAIT_FLAG])
+    subject = Path(cli.datamodule.subject_dir)
+    # the stage writes into the subject: one writer at a time (a missing folder is the
+    # stage's own error)
+    lock = (lock_folder(subject, "persona prep", wait) if subject.is_dir()
+            else contextlib.nullcontext())
+    with lock:
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     frames = cli.datamodule.frames
     if cli.trainer.is_global_zero and frames is not None:
         print(f"persona prep: {type(cli.model).__name__} on {cli.datamodule.subject_dir}: "

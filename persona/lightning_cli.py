@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from persona.callbacks.loggers import make_loggers
 from persona.data.datamodule import PersonaDataModule
 from persona.errors import suggestion
+from persona.locks import lock_folder
 from persona.runs import (
     EVAL_CHECKPOINT_KEYS,
     RESUME_CHECKPOINT_KEYS,
@@ -84,12 +86,20 @@ class SaveAndLogConfig(SaveConfigCallback):
 
 
 class PersonaCLI(LightningCLI):
-    """LightningCLI with the PERSONA system and data module as the defaults."""
+    """LightningCLI with the PERSONA system and data module as the defaults. `fit` holds its
+    run folder's lock (persona/locks.py) from parsing on, in `locks` (the caller closes it)."""
+
+    def __init__(self, *args: Any, locks: ExitStack | None = None, **kwargs: Any) -> None:
+        self.locks = locks
+        super().__init__(*args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
         # W&B is offline unless the user says otherwise; it must never block a run or a test.
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
+        if self.config.get("subcommand") == "fit" and self.locks is not None:
+            root = self.config["fit"]["trainer"].get("default_root_dir") or os.getcwd()
+            self.locks.enter_context(lock_folder(root, "persona fit"))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then check --ckpt_path before Lightning reads it (right after parsing, for
@@ -169,22 +179,24 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
     if argv is not None:  # called in-process: LightningCLI must not also see sys.argv
         sys.argv, saved = program, sys.argv
     try:
-        cli = PersonaCLI(
-            PersonaSystem,
-            PersonaDataModule,
-            args=argv,
-            run=run,
-            parser_kwargs=parser_kwargs,
-            parser_class=SuggestingArgumentParser,
-            save_config_callback=save_config,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-        )
+        with ExitStack() as locks:  # `fit`: the run folder's lock, held to the end
+            cli = PersonaCLI(
+                PersonaSystem,
+                PersonaDataModule,
+                args=argv,
+                run=run,
+                parser_kwargs=parser_kwargs,
+                parser_class=SuggestingArgumentParser,
+                save_config_callback=save_config,
+                save_config_kwargs={"overwrite": True},
+                seed_everything_default=0,
+                locks=locks if run else None,
+            )
+            if run:
+                finish_wandb_runs(cli.trainer)
     finally:
         if argv is not None:
             sys.argv = saved
-    if run:
-        finish_wandb_runs(cli.trainer)
     return cli
 
 

@@ -45,6 +45,9 @@ __all__ = ["AvatarState", "BodyOverrides", "DeformerConfig", "OptimConfig", "Per
 
 CAMERA_KEYS = ("K", "R", "t", "width", "height")  # batch entries of a frame's camera
 FACTORY_HPARAMS = ("renderer", "deformer_class")  # objects given in place of a config
+# checkpoint entry: training steps skipped for a non-finite loss so far (a resumed fit keeps
+# counting; `persona test` reports it in metrics.json)
+NONFINITE_STEPS_KEY = "persona_nonfinite_steps"
 
 
 class PersonaSystem(LightningModule):
@@ -274,6 +277,12 @@ class PersonaSystem(LightningModule):
     @property
     def max_nonfinite_steps(self) -> int:
         return int(self.hparams.max_nonfinite_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[NONFINITE_STEPS_KEY] = int(self.nonfinite_steps)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps = int(checkpoint.get(NONFINITE_STEPS_KEY, 0))  # older: none
 
     # ------------------------------------------------------------------ evaluation
     def fit_test_pose(self, batch: dict, protocol: EvalProtocol | None = None) -> PoseParams:

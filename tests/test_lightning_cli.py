@@ -122,7 +122,8 @@ def test_a_second_fit_into_the_same_run_replaces_last_ckpt(fitted_run: Path):
     before = ckpt.stat().st_mtime_ns
     assert main(["fit", "--config", str(fitted_run / "config.yaml"),
                  "--trainer.max_epochs", "1", "--data.epoch_length", "2"]) == 0
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+    # last.ckpt and the one epoch checkpoint base.yaml keeps for resuming, both replaced
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["epoch_end.ckpt", "last.ckpt"]
     assert ckpt.stat().st_mtime_ns > before
 
 

@@ -264,3 +264,61 @@ def test_mixed_precision_failures_name_the_setting(precision: str,
         assert "trainer.precision" not in str(info.value)
     else:
         assert "trainer.precision=bf16-mixed" in str(info.value) and "32-true" in str(info.value)
+
+
+def test_skipped_nonfinite_steps_are_counted_in_the_checkpoint_and_metrics_json(
+        tiny_subject: Path, tmp_path: Path, monkeypatch):
+    """One step of a CLI fit gets a NaN loss: it is skipped with one warning, the checkpoint
+    keeps the count and `persona test` writes it to metrics.json."""
+    import json
+    import warnings
+
+    from persona.cli import main
+    from persona.losses import terms as loss_terms
+    from persona.runs import load_checkpoint
+    from persona.system import NONFINITE_STEPS_KEY
+
+    nan_call = 3  # the third training step's loss is NaN
+    calls = [0]
+    total_loss = loss_terms.total_loss
+
+    def poisoned(terms):  # noqa: ANN001, ANN202
+        calls[0] += 1
+        loss = total_loss(terms)
+        return loss * float("nan") if calls[0] == nan_call else loss
+
+    run = tmp_path / "run"
+    config = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    monkeypatch.setattr(loss_terms, "total_loss", poisoned)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", "--config", str(config), "--data.subject_dir", str(tiny_subject),
+                     "--trainer.default_root_dir", str(run), "--trainer.logger", "false"]) == 0
+    monkeypatch.setattr(loss_terms, "total_loss", total_loss)
+    skipped = [w for w in caught if "skipped a training step" in str(w.message)]
+    assert len(skipped) == 1 and "1 of at most" in str(skipped[0].message)
+    assert calls[0] >= nan_call
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(ckpt, map_location="cpu")[NONFINITE_STEPS_KEY] == 1
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt),
+                 "--trainer.limit_test_batches", "1",  # one frame, given pose: seconds
+                 "--model.eval_protocol.fit_test_pose", "false"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["nonfinite_steps"] == 1
+
+
+def test_the_skipped_step_count_survives_a_checkpoint_round_trip():
+    """A resumed fit keeps counting: the count is saved and restored (0 from older
+    checkpoints without it)."""
+    from persona.system import NONFINITE_STEPS_KEY
+
+    saved = PersonaSystem(**FAST_MODEL)
+    saved.nonfinite_steps = 3
+    checkpoint: dict = {}
+    saved.on_save_checkpoint(checkpoint)
+    assert checkpoint[NONFINITE_STEPS_KEY] == 3
+    resumed = PersonaSystem(**FAST_MODEL)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.nonfinite_steps == 3
+    resumed.on_load_checkpoint({})
+    assert resumed.nonfinite_steps == 0

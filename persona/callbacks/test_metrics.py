@@ -15,6 +15,8 @@ alpha); when its meta.json says generator "persona.data.synth", metrics.json get
 "deformation" section (offset errors against the rebuilt ground truth, once per test run) and
 its scalars are logged as "test/deformation/...". Other subjects: neither; a synthetic subject
 of another synth version (settings in meta.json this synth lacks): a warning, no section.
+metrics.json also says how many training steps were skipped for a non-finite loss
+("nonfinite_steps", from the checkpoint; null for a module that does not count them).
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ def region_mask_source(pl_module) -> str | None:  # noqa: ANN001
     DERIVED_FROM_WEIGHTS), or None when the module has no body."""
     body = getattr(pl_module, "body", None)
     return getattr(body, "region_mask_source", None)
+
+
+def nonfinite_steps(pl_module) -> int | None:  # noqa: ANN001
+    """Training steps the module skipped for a non-finite loss (restored from the checkpoint
+    tested), or None when the module does not count them."""
+    count = getattr(pl_module, "nonfinite_steps", None)
+    return None if count is None else int(count)
 
 
 def frame_record(outputs, batch, batch_idx: int, pl_module=None) -> tuple:  # noqa: ANN001
@@ -189,7 +198,8 @@ class TestMetricsWriter(Callback):
         path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "metrics.json"
         ckpt = getattr(trainer, "ckpt_path", None)
         extra = {"ckpt_path": str(ckpt) if ckpt else None,
-                 "region_mask_source": region_mask_source(pl_module)}
+                 "region_mask_source": region_mask_source(pl_module),
+                 "nonfinite_steps": nonfinite_steps(pl_module)}
         self.deformation = deformation_section(trainer, pl_module)
         if self.deformation is not None:
             image = {k: v for k, v in self.report.mean().items()

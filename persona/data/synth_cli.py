@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 
 from persona.data.garment import GarmentSettings
 from persona.data.synth import PRESETS, preset_config, synthesize
+from persona.locks import lock_replaced_folder
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -34,6 +35,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--body", choices=("open", "procedural"), default=None)
     parser.add_argument("--preview", action="store_true", help="also write contact_sheet.png")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait while another command writes --out (default: stop at once)")
     garment = parser.add_argument_group(
         "garment", "the pose-driven garment (persona/data/garment.py GarmentSettings)")
     for setting in fields(GarmentSettings):
@@ -56,7 +59,8 @@ def main(argv: list[str]) -> int:
                                                     if v is not None})
     except ValueError as error:
         parser.error(str(error))
-    result = synthesize(args.out, config, overwrite=args.overwrite)
+    with lock_replaced_folder(args.out, "persona synth", wait=args.wait or None):
+        result = synthesize(args.out, config, overwrite=args.overwrite)
     print(f"wrote {result.root}: {result.num_generated} generated + {result.num_test} test "
           f"frames, {result.num_gaussians} Gaussians, {result.seconds:.1f} s")
     if result.preview is not None:
