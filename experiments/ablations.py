@@ -73,7 +73,7 @@ EXTRA_VARIANTS: dict[str, list[str]] = {
 }
 VARIANTS: dict[str, list[str]] = {**PAPER_VARIANTS, **EXTRA_VARIANTS}
 DEFAULT_SEEDS = (0, 1, 2)
-SUBJECT_PRESET = "garment"  # persona/data/synth/config.py PRESETS: the open body in the loose garment
+SUBJECT_PRESET = "garment"  # synth/config.py PRESETS: the open body in the loose garment
 DEFAULT_SUBJECT_SEED = 0  # the subject is an input: fixed across the fit seeds
 SOURCE_PATHS = ("persona", "configs", "pyproject.toml")  # uncommitted edits here change results
 # resolved-config keys that only say where a run lives (the subject is keyed by its meta hash)
