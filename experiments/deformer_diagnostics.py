@@ -45,7 +45,6 @@ from persona.metrics.deformation import (  # noqa: F401 - re-exported for caller
     TRAIN_PREFIX,
     avatar_canonical,
     build_truth,
-    deformer_offset,
     match_gaussians,
     match_system,
     mean_mm,

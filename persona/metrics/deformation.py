@@ -443,16 +443,6 @@ def _to(pose: Any, device: torch.device) -> Any:
                       pose.transl.to(device))
 
 
-def deformer_offset(system: Any, pose: Any) -> Tensor:
-    """The deformer's pose-dependent canonical offset [N, 3] in one pose (batch 1): refined
-    minus base canonical means. The one place that poses the system (adapt it here)."""
-    from persona.avatar.posing import body_pose_6d
-
-    pose = _to(pose, static_offset(system).device)
-    state = system.posed_state(pose, body_pose_6d(pose))
-    return state.canonical_refined - state.canonical_base
-
-
 def static_offset(system: Any) -> Tensor:
     """The learned pose-independent canonical mean offset [N, 3]."""
     return system.avatar.mean_offset
@@ -464,8 +454,9 @@ def avatar_canonical(system: Any) -> Tensor:
 
 
 def model_posed(system: Any, poses: list, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(the deformer's canonical offsets, the refined and the base posed means) of the matched
-    Gaussians (index [M]) in each pose, each [T, M, 3] on the CPU (no gradient)."""
+    """(the deformer's canonical offsets: refined minus base canonical means, the refined and
+    the base posed means) of the matched Gaussians (index [M]) in each pose, each [T, M, 3] on
+    the CPU (no gradient). The one place that poses the system (adapt it here)."""
     from persona.avatar.posing import body_pose_6d
 
     empty = torch.zeros(0, index.shape[0], 3)
@@ -485,10 +476,7 @@ def model_posed(system: Any, poses: list, index: Tensor) -> tuple[Tensor, Tensor
 def model_offsets(system: Any, poses: list, index: Tensor) -> Tensor:
     """The deformer's offsets of the matched Gaussians (index [M]) in each pose -> [T, M, 3]
     on the CPU (no gradient)."""
-    with torch.no_grad():
-        if not poses:
-            return torch.zeros(0, index.shape[0], 3)
-        return torch.stack([deformer_offset(system, p).detach().cpu()[index] for p in poses])
+    return model_posed(system, poses, index)[0]
 
 
 def match_system(system: Any, truth: DeformationTruth) -> tuple[Tensor, str]:
