@@ -47,6 +47,15 @@ from typing import Any
 import torch
 import yaml
 
+# the seed statistics `persona compare` uses too (mean, sample std, pooled-std effect size)
+from persona.study.compare import (  # pooled_std: part of this script's interface
+    difference_cell,
+    effect_size,
+    pooled_std,  # noqa: F401
+    summarise,
+)
+from persona.study.compare import mean_std_cell as _mean_std
+
 REPO = Path(__file__).resolve().parent.parent
 ABLATION_DIR = REPO / "configs" / "ablation"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -482,34 +491,6 @@ def flat_metrics(row: dict) -> dict[str, float]:
             if isinstance(values.get(name), (int, float)) and math.isfinite(values[name])}
 
 
-def summarise(values: list[float]) -> dict[str, Any]:
-    """{"mean", "std" (sample, ddof 1; NaN below 2 values), "n", "values"}."""
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return {"mean": mean, "std": std, "n": n, "values": list(values)}
-
-
-def pooled_std(a: dict, b: dict) -> float:
-    """Pooled sample std of two summaries (NaN when either has fewer than 2 values)."""
-    if a["n"] < 2 or b["n"] < 2:
-        return math.nan
-    return math.sqrt(((a["n"] - 1) * a["std"] ** 2 + (b["n"] - 1) * b["std"] ** 2)
-                     / (a["n"] + b["n"] - 2))
-
-
-def effect_size(variant: dict, default: dict) -> float:
-    """(variant mean - default mean) / pooled seed std; +-inf for a difference with zero
-    spread, 0 for none, NaN without 2 seeds on both sides."""
-    diff = variant["mean"] - default["mean"]
-    pooled = pooled_std(variant, default)
-    if math.isnan(pooled) or math.isnan(diff):
-        return math.nan
-    if pooled == 0.0:
-        return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
-    return diff / pooled
-
-
 def verdict(diff: float, effect: float, higher_is_better: bool) -> str:
     """Does "the default beats this variant" (the paper's claim) hold for one metric?
     "agrees" / "opposite" / "within noise" (|effect| < NOISE_EFFECT_SIZE); without a seed
@@ -577,23 +558,10 @@ def aggregate(rows: dict[str, list[dict]], stale: dict[str, list[str]] | None = 
     return summary
 
 
-def _mean_std(stats: dict | None, digits: int) -> str:
-    if not stats:
-        return "-"
-    if stats["n"] < 2:
-        return f"{stats['mean']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
 def _difference(entry: dict | None, digits: int) -> str:
     if not entry:
         return "-"
-    effect = entry["effect_size"]
-    cell = f"{entry['diff']:+.{digits}f}"
-    if math.isinf(effect):  # a difference with zero seed spread
-        cell += f" ({'+' if effect > 0 else '-'}∞σ)"
-    elif not math.isnan(effect):
-        cell += f" ({effect:+.1f}σ)"
+    cell = difference_cell(entry["diff"], entry["effect_size"], digits)
     mark = VERDICT_MARKS.get(entry.get("verdict", ""), "")
     return f"{cell} {mark}".rstrip()
 

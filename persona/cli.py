@@ -29,6 +29,13 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "view": ("persona.export.viewer", "main",
              "write and serve a web viewer of an avatar (run, checkpoint or bundle)"),
     "prep": ("data_prep.cli", "main", "run a preprocessing stage over a subject (multi-GPU)"),
+    "sweep": ("persona.study.sweep", "main",
+              "run a W&B-format sweep file locally (N at a time, resumable) or via wandb agent"),
+    "trial": ("persona.study.trial", "main", "one sweep point: `persona fit` then `persona test`"),
+    "compare": ("persona.study.compare", "main",
+                "compare finished runs: tables over seeds, curves, media, one HTML report"),
+    "convert": ("persona.data.convert.cli", "main",
+                "convert a benchmark (X-Humans, NeuMan) into subject folders"),
     "doctor": ("persona.doctor", "main", "check the environment, weights and bodies"),
     "demo": ("persona.demo", "main", "the main job on the embedded default, end to end"),
 }

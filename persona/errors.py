@@ -153,7 +153,20 @@ def user_message(error: BaseException) -> str | None:
     if raised_by_checkpoint_reader(error):
         first = one_line(str(error)) or type(error).__name__
         return f"a checkpoint is truncated or corrupt ({first}): {RERUN_HINT}"
+    if _is_lightning_misconfiguration(error):
+        return (f"the trainer settings conflict: {one_line(str(error))} (change the settings "
+                "it names: a --trainer.* option or a callback in the config)")
     return None
+
+
+def _is_lightning_misconfiguration(error: BaseException) -> bool:
+    """Lightning's MisconfigurationException: settings that cannot work together (e.g.
+    enable_progress_bar false with a progress-bar callback), a configuration error by name."""
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:
+        return False
+    return isinstance(error, MisconfigurationException)
 
 
 # ---------------------------------------------------------------------------- the wrapper

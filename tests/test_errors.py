@@ -162,6 +162,14 @@ def test_fit_missing_subject_folder(capsys, tmp_path):
     assert "problem" in line
 
 
+def test_fit_conflicting_trainer_settings(capsys, tmp_path, own_subject):
+    # Lightning refuses a progress bar switched off while the config adds one as a callback
+    line = one_line(capsys, "fit", fit_argv(own_subject, tmp_path,
+                                            "--trainer.enable_progress_bar", "false"),
+                    "trainer settings conflict", "enable_progress_bar", "RichProgressBar")
+    assert "--trainer" in line
+
+
 def test_fit_subject_json_not_json(capsys, tmp_path, own_subject):
     (own_subject / "subject.json").write_text("{not json")
     one_line(capsys, "fit", fit_argv(own_subject, tmp_path), str(own_subject), "subject.json",
