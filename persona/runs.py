@@ -2,11 +2,13 @@
 
 Parameters of `PersonaSystem` are built from the subject (`build_from_datamodule`), so loading a
 checkpoint means: parse RUN/config.yaml exactly as `persona fit` did, build, then load the state
-dict. Used by `persona export`, `persona animate` and the demo.
+dict. Used by `persona export`, `persona animate` and the demo; `instantiate_system` also
+rebuilds the model of a self-contained avatar file (persona/export/avatar_file.py).
 """
 
 from __future__ import annotations
 
+import copy
 import pickle
 import re
 import tempfile
@@ -47,34 +49,35 @@ def run_config_for(ckpt: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def checkpoint_file_problem(path: Path) -> str | None:
+def checkpoint_file_problem(path: Path, hint: str = RERUN_HINT) -> str | None:
     """What makes `path` unusable as a torch checkpoint, judged from the file, its zip index
-    and the members' checksums (one read of the file; nothing is unpickled), or None."""
+    and the members' checksums (one read of the file; nothing is unpickled), or None. `hint`:
+    what to do about a damaged file (ends the message)."""
     if not path.exists():
         return "file not found; check the path (`persona fit` writes RUN/checkpoints/last.ckpt)"
     if path.is_dir():
         return "is a folder, not a checkpoint file (e.g. RUN/checkpoints/last.ckpt)"
     size = path.stat().st_size
     if size == 0:
-        return f"empty file (0 bytes): {RERUN_HINT}"
+        return f"empty file (0 bytes): {hint}"
     with open(path, "rb") as handle:  # PermissionError names the file (persona/errors.py)
         head = handle.read(len(ZIP_MAGIC))
     if not zipfile.is_zipfile(path):
         if head == ZIP_MAGIC:
             return (f"truncated or corrupt ({size} bytes, the zip archive has no end record): "
-                    f"{RERUN_HINT}")
-        return f"not a PyTorch checkpoint (not a torch.save zip archive): {RERUN_HINT}"
+                    f"{hint}")
+        return f"not a PyTorch checkpoint (not a torch.save zip archive): {hint}"
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if not any(name.rpartition("/")[2] == CHECKPOINT_PICKLE for name in names):
                 return (f"not a PyTorch checkpoint (a zip archive without {CHECKPOINT_PICKLE}: "
-                        f"an .npz or an export bundle?): {RERUN_HINT}")
+                        f"an .npz or an export bundle?): {hint}")
             damaged = first_damaged_member(archive)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f"truncated or corrupt ({one_line(str(error))}): {RERUN_HINT}"
+        return f"truncated or corrupt ({one_line(str(error))}): {hint}"
     if damaged is not None:
-        return f"corrupt (checksum mismatch in {damaged}): {RERUN_HINT}"
+        return f"corrupt (checksum mismatch in {damaged}): {hint}"
     return None
 
 
@@ -193,24 +196,19 @@ def renderer_for_device(name: str, device: torch.device) -> str:
     return name
 
 
-def load_trained_system(ckpt: str | Path, config: str | Path | None = None,
-                        device: str | torch.device = "cpu"):
-    """(PersonaSystem in eval mode on device, its PersonaDataModule) from a checkpoint.
+def model_settings(config: Path) -> dict[str, Any]:
+    """What builds the model from a run's config.yaml (seed, trainer, model, data): `persona
+    fit` subcommand options (ckpt_path, ...) dropped."""
+    return {k: v for k, v in read_run_config(config).items() if k in MODEL_CONFIG_KEYS}
 
-    The system is built on `device` (its colour initialisation renders there) and the
-    checkpoint's tensors are loaded onto `device` ("auto": cuda when available)."""
+
+def instantiate_system(settings: Mapping[str, Any], device: torch.device):
+    """(PersonaSystem, PersonaDataModule) of model settings, not built yet (the data module
+    only holds its settings: nothing reads the subject here). `settings` is not changed."""
     from persona.lightning_cli import run_lightning_cli
 
-    ckpt = Path(ckpt)
-    problem = checkpoint_file_problem(ckpt)
-    if problem is not None:  # before the (slow) model build
-        raise UserError(f"checkpoint {ckpt}: {problem}")
-    device = resolve_device(device)
-    config = Path(config) if config is not None else run_config_for(ckpt)
-    settings = read_run_config(config)
-    # keep what builds the model; drop `persona fit` subcommand options (ckpt_path, ...)
-    settings = {k: v for k, v in settings.items() if k in MODEL_CONFIG_KEYS}
-    model = settings.setdefault("model", {}) or {}
+    settings = copy.deepcopy(dict(settings))
+    model = settings.get("model") or {}
     settings["model"] = model
     model["renderer"] = renderer_for_device(model.get("renderer", "auto"), device)
     # The trainer only completes the CLI here (placement is explicit): a CPU one never asks
@@ -221,7 +219,23 @@ def load_trained_system(ckpt: str | Path, config: str | Path | None = None,
         resolved.write_text(yaml.safe_dump(settings))
         cli = run_lightning_cli(["--config", str(resolved), "--trainer.logger", "false"],
                                 run=False)
-    system, datamodule = cli.model, cli.datamodule
+    return cli.model, cli.datamodule
+
+
+def load_trained_system(ckpt: str | Path, config: str | Path | None = None,
+                        device: str | torch.device = "cpu", file_checked: bool = False):
+    """(PersonaSystem in eval mode on device, its PersonaDataModule) from a checkpoint.
+
+    The system is built on `device` (its colour initialisation renders there) and the
+    checkpoint's tensors are loaded onto `device` ("auto": cuda when available).
+    file_checked: the caller already ran `checkpoint_file_problem` on `ckpt`."""
+    ckpt = Path(ckpt)
+    problem = None if file_checked else checkpoint_file_problem(ckpt)
+    if problem is not None:  # before the (slow) model build
+        raise UserError(f"checkpoint {ckpt}: {problem}")
+    device = resolve_device(device)
+    config = Path(config) if config is not None else run_config_for(ckpt)
+    system, datamodule = instantiate_system(model_settings(config), device)
     system.build_from_datamodule(datamodule, device=device)
     checkpoint = load_checkpoint(ckpt, map_location=device, file_checked=True)
     try:

@@ -1,9 +1,10 @@
-"""`persona export` (3DGS PLY / npz, PLY sequences, avatar bundles) and `persona animate`.
+"""`persona export` (3DGS PLY / npz / SPZ, PLY sequences, bundles, avatar files), `animate`.
 
 `persona animate` renders an mp4 along a motion.
 
 Layers, top to bottom:
-- `load_avatar(ckpt)`: the only part that knows about checkpoints (wiring point: PersonaSystem).
+- `load_avatar(ckpt)`: the only part that knows about checkpoints and avatar files
+  (avatar_file.py) (wiring point: PersonaSystem).
 - `resolve_pose`, `export_avatar`, `animate_avatar`, `write_ply_sequence` (sequence.py): work on
   any object with `posed_gaussians(pose: PoseParams, variant) -> (Gaussians, {"rgb": [N, 3],
   ...})` and plain tensors, unit-tested without a trained avatar; `write_bundle` (bundle.py)
@@ -53,15 +54,48 @@ VARIANTS = ("refined", "base")
 
 
 # ---------------------------------------------------------------------------- checkpoint wiring
-def load_avatar(ckpt: str, device: str | torch.device = "cpu") -> PosableAvatar:
-    """The avatar of a training checkpoint, built and loaded on `device` ("auto": cuda when
-    available), in eval mode."""
-    path = Path(ckpt)
+def avatar_source(source: str | Path) -> Path:
+    """RUN folder -> RUN/checkpoints/last.ckpt; a checkpoint or avatar file as it is."""
+    path = Path(source)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoints/last.ckpt in this run folder")
+        return ckpt
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    from persona.runs import load_trained_system
+    return path
 
-    system, _ = load_trained_system(path, device=device)
+
+def load_avatar(ckpt: str | Path, device: str | torch.device = "cpu") -> PosableAvatar:
+    """The avatar of a training checkpoint (with its run folder: RUN/config.yaml and the
+    subject), a run folder (its last.ckpt) or a self-contained avatar file (`--avatar-file`;
+    told apart by content), built and loaded on `device` ("auto": cuda when available), in eval
+    mode."""
+    from persona.errors import RERUN_HINT, UserError
+    from persona.export.avatar_file import (
+        AVATAR_HINT,
+        AVATAR_SUFFIX,
+        avatar_label,
+        load_avatar_file,
+        read_avatar_payload,
+    )
+    from persona.runs import checkpoint_file_problem, load_trained_system, resolve_device
+
+    path = avatar_source(ckpt)
+    named_avatar = path.suffix == AVATAR_SUFFIX
+    problem = checkpoint_file_problem(path, AVATAR_HINT if named_avatar else RERUN_HINT)
+    if problem is not None:  # one read of the file, before the (slow) model build
+        label = avatar_label(path) if named_avatar else f"checkpoint {path}"
+        raise UserError(f"{label}: {problem}")
+    device = resolve_device(device)
+    payload = read_avatar_payload(path)
+    if payload is not None:
+        return load_avatar_file(path, payload, device)
+    if named_avatar:
+        raise UserError(f"{avatar_label(path)}: not a persona avatar file (a torch file without "
+                        f"format 'persona_avatar'): {AVATAR_HINT}")
+    system, _ = load_trained_system(path, device=device, file_checked=True)
     return system
 
 
@@ -137,8 +171,18 @@ def export_avatar(avatar: PosableAvatar, pose: PoseParams, out: str | Path, fmt:
 
 
 def export_mode(args: argparse.Namespace) -> str:
-    """"single" (one pose: PLY or npz file), "sequence" (--motion: a folder of PLY frames) or
-    "bundle" (--bundle: the animatable npz); ValueError for options that do not go together."""
+    """"single" (one pose: PLY or npz file), "sequence" (--motion: a folder of PLY frames),
+    "bundle" (--bundle: the animatable npz) or "avatar" (--avatar-file: the self-contained
+    avatar file); ValueError for options that do not go together."""
+    if args.avatar_file:
+        given = [flag for flag, on in (("--bundle", args.bundle), ("--motion", args.motion),
+                                       ("--pose", args.pose != "canonical"),
+                                       ("--format", args.format is not None),
+                                       ("--max-frames", args.max_frames is not None)) if on]
+        if given:
+            raise ValueError(f"--avatar-file writes the whole avatar, unposed: drop "
+                             f"{', '.join(given)}")
+        return "avatar"
     many = "--bundle" if args.bundle else "--motion" if args.motion else ""
     if many and args.pose != "canonical":
         raise ValueError(f"--pose poses a single export; {many} exports a motion or a bundle "
@@ -154,10 +198,12 @@ def export_mode(args: argparse.Namespace) -> str:
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="persona export", description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True,
+                        help="training checkpoint (.ckpt, in its run folder), run folder, or "
+                             "avatar file (.persona)")
     parser.add_argument("--out", required=True,
                         help="output file (.ply, .npz or .spz); with --motion: a folder of PLY "
-                             "frames; with --bundle: an .npz")
+                             "frames; with --bundle: an .npz; with --avatar-file: a .persona")
     parser.add_argument("--pose", default="canonical",
                         help="canonical | frame:<split>/<i> | motion:<npz or built-in>:<t>")
     parser.add_argument("--motion", default=None,
@@ -165,6 +211,9 @@ def export_main(argv: list[str]) -> int:
                              "the --out folder (with --bundle: the bundle's per-frame offsets)")
     parser.add_argument("--bundle", action="store_true",
                         help="write the animatable avatar bundle (.npz; docs/EXPORT.md)")
+    parser.add_argument("--avatar-file", action="store_true",
+                        help="write the self-contained avatar file (.persona): export and "
+                             "animate read it without the subject folder or config.yaml")
     parser.add_argument("--max-frames", type=int, default=None,
                         help="with --motion: only the first N frames")
     parser.add_argument("--subject", default=None, help="subject folder (for --pose frame:...)")
@@ -177,7 +226,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         run = {"single": _export_single, "sequence": _export_sequence,
-               "bundle": _export_bundle}[export_mode(args)]
+               "bundle": _export_bundle, "avatar": _export_avatar_file}[export_mode(args)]
         print(run(args))
     except (FileNotFoundError, ValueError) as exc:
         print(f"persona export: {exc}", file=sys.stderr)
@@ -214,6 +263,16 @@ def _export_bundle(args: argparse.Namespace) -> str:
                if motion is not None else "")
     return (f"wrote the avatar bundle ({done.num_gaussians} Gaussians, 55 joints{offsets}) to "
             f"{done.path}")
+
+
+def _export_avatar_file(args: argparse.Namespace) -> str:
+    from persona.export.avatar_file import check_avatar_path, write_avatar_file
+
+    check_avatar_path(args.out)  # before the slow loading
+    source = avatar_source(args.ckpt)
+    done = write_avatar_file(source, args.out)
+    return (f"wrote the avatar file ({done.num_gaussians} Gaussians, {done.num_bytes} bytes) "
+            f"of {source} to {done.path}")
 
 
 # ---------------------------------------------------------------------------- animate
@@ -269,7 +328,9 @@ def _camera_from_file(path: str, width: int, height: int) -> Camera:
 def animate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="persona animate",
                                      description="render an avatar along a motion to mp4")
-    parser.add_argument("--ckpt", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True,
+                        help="training checkpoint (.ckpt, in its run folder), run folder, or "
+                             "avatar file (.persona)")
     parser.add_argument("--motion", required=True, help="built-in motion name or motion .npz")
     parser.add_argument("--out", required=True, help="output .mp4")
     parser.add_argument("--camera", default="auto",
