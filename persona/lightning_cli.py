@@ -93,6 +93,13 @@ class PersonaCLI(LightningCLI):
         self.locks = locks
         super().__init__(*args, **kwargs)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """One seed per run, as in the authors' code: `seed_everything` also seeds the data
+        module's sampling order (`data.seed` follows it; without the link, runs of different
+        seeds drew the same frames in the same order, and a variant without random init, e.g.
+        deformer off, came out bitwise identical across seeds)."""
+        parser.link_arguments("seed_everything", "data.seed")
+
     def before_instantiate_classes(self) -> None:
         # W&B is offline unless the user says otherwise; it must never block a run or a test.
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -173,8 +180,11 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
         parser_kwargs["prog"] = PROG
     arguments = sys.argv[1:] if argv is None else argv
     # Only `fit` writes RUN/config.yaml: test/validate/predict runs read it and must not
-    # overwrite it with their own subcommand options.
-    save_config = SaveAndLogConfig if run and arguments[:1] == ["fit"] else None
+    # overwrite it with their own subcommand options. Every subcommand logs its resolved config
+    # (a test's W&B run groups by config keys like the fit's).
+    save_config = SaveAndLogConfig if run else None
+    save_config_kwargs = ({"overwrite": True} if arguments[:1] == ["fit"]
+                          else {"save_to_log_dir": False})
     program = sys.argv[:1]
     if argv is not None:  # called in-process: LightningCLI must not also see sys.argv
         sys.argv, saved = program, sys.argv
@@ -188,7 +198,7 @@ def run_lightning_cli(argv: list[str] | None, run: bool = True) -> PersonaCLI:
                 parser_kwargs=parser_kwargs,
                 parser_class=SuggestingArgumentParser,
                 save_config_callback=save_config,
-                save_config_kwargs={"overwrite": True},
+                save_config_kwargs=save_config_kwargs,
                 seed_everything_default=0,
                 locks=locks if run else None,
             )

@@ -61,8 +61,18 @@ def test_fit_writes_config_checkpoint_and_an_offline_wandb_run(fitted_run: Path)
 
 
 def test_test_command_writes_metrics_json_with_protocol_and_versions(fitted_run: Path):
+    written = (fitted_run / "config.yaml").read_bytes()
+    runs_before = set(find_run_files(fitted_run / "wandb"))
     assert main(["test", "--config", str(fitted_run / "config.yaml"), "--ckpt_path",
                  str(fitted_run / "checkpoints" / "last.ckpt")]) == 0
+    assert (fitted_run / "config.yaml").read_bytes() == written  # only fit writes it
+    from persona.callbacks.wandb_offline import read_config
+
+    test_runs = [f for f in find_run_files(fitted_run / "wandb") if f not in runs_before]
+    assert len(test_runs) == 1
+    wait_for_run(test_runs[0])
+    # the test's W&B run carries the resolved config too: grouped by config keys like the fit's
+    assert "deformer" in json.dumps(read_config(test_runs[0]).get("config"))
     report = json.loads((fitted_run / "metrics.json").read_text())
     assert report["protocol"]["name"] == "authors"
     assert report["versions"]["torch"] == torch.__version__
@@ -206,3 +216,25 @@ def test_deformer_by_class_path_from_a_yaml_builds_after_lpips_and_trains(tmp_pa
     loss = system.training_step(collate_frames([dm.train_dataset()[dm.generated_rows[0]]]), 0)
     loss.backward()
     assert system.deformer.offset.grad is not None and bool(system.deformer.offset.grad.any())
+
+
+def test_seed_everything_also_seeds_the_sampling_order(tmp_path: Path):
+    """One seed per run: `seed_everything` is the data module's sampling seed too, so two seeds
+    draw different frame orders (before the link, a deformer-off study gave bitwise-identical
+    runs for seeds 0, 1, 2), and `data.seed` is no longer a separate knob."""
+    from persona.lightning_cli import run_lightning_cli
+
+    subject = tmp_path / "subject"
+    synthesize(subject, preset_config("tiny", seed=2))
+    orders = {}
+    for seed in (0, 1, 2):
+        cli = run_lightning_cli(["--config", TINY, "--data.subject_dir", str(subject),
+                                 "--trainer.logger", "false", "--seed_everything", str(seed)],
+                                run=False)
+        assert cli.datamodule.seed == seed
+        cli.datamodule.setup("fit")
+        orders[seed] = list(cli.datamodule.train_dataloader().sampler)
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    with pytest.raises(SystemExit):
+        run_lightning_cli(["--config", TINY, "--data.subject_dir", str(subject),
+                           "--data.seed", "3"], run=False)

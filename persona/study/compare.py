@@ -75,9 +75,9 @@ KNOWN_METRICS: dict[str, tuple[bool, int]] = {
     "depth_l1_mm": (False, 2), "normal_deg": (False, 2), "garment_psnr": (True, 2),
     "garment_mask_iou": (True, 2), "deform_total_error_mm": (False, 2),
     "deform_deformer_error_mm": (False, 2), "deform_deformer_correlation": (True, 3),
+    "deform_world_error_mm": (False, 2),
     "train_deform_total_error_mm": (False, 2), "train_deform_deformer_error_mm": (False, 2),
-    "deform_world_error_mm": (False, 2), "train_deform_world_error_mm": (False, 2),
-    "train_deform_deformer_correlation": (True, 3),
+    "train_deform_deformer_correlation": (True, 3), "train_deform_world_error_mm": (False, 2),
 }
 DEFAULT_DIGITS = 4
 DEFAULT_CURVES = ("train/loss", "val/psnr")  # the loss total and the validation PSNR

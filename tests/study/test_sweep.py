@@ -339,3 +339,42 @@ def test_a_killed_sweep_restarts_without_redoing_finished_runs(tiny_garment_subj
     third = subprocess.run([sys.executable, "-m", "persona", "sweep", str(path), "--out",
                             str(out), "--dry-run"], cwd=REPO, capture_output=True, text=True)
     assert "2 finished earlier, 0 to run" in third.stdout
+
+
+def unshare_available() -> bool:
+    return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not unshare_available(),
+                    reason="unshare -rn (a network namespace without a route out) is not "
+                           "allowed here")
+def test_sweep_and_compare_run_with_the_network_really_off(tiny_garment_subject: Path,
+                                                           tmp_path: Path):
+    """`persona sweep` of a real tiny `persona trial` (W&B logging on, offline) and `persona
+    compare` of its run, inside a network namespace with only loopback: no route out, no DNS."""
+    sweep = write_sweep(tmp_path / "offline.yaml", {
+        "name": "offline", "method": "grid", "program": "persona",
+        "parameters": {"seed_everything": {"value": 0}},
+        "command": ["${program}", "trial", "--config", "configs/tiny.yaml",
+                    "--data.subject_dir", str(tiny_garment_subject), "--trainer.max_steps", "2",
+                    "--trainer.limit_test_batches", "1", "${args}"]})
+    out, report = tmp_path / "out", tmp_path / "report"
+    python = sys.executable
+    script = (
+        "ip link set lo up 2>/dev/null || true; "
+        "python3 -c 'import socket; socket.getaddrinfo(\"pypi.org\", 443)' 2>/dev/null "
+        "&& { echo 'the namespace resolved a public name'; exit 3; }; "
+        f"{python} -m persona sweep {sweep} --out {out} && "
+        f"{python} -m persona compare {out} --out {report}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    done = subprocess.run(["unshare", "-rn", "bash", "-c", script], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = [p.parent for p in out.glob(f"*/{TRIAL_FILE}")]
+    assert len(runs) == 1, done.stdout
+    record = json.loads((runs[0] / TRIAL_FILE).read_text())
+    assert record["metrics"]["psnr"] > 0
+    assert list((runs[0] / "wandb").rglob("run-*.wandb")), "no offline W&B run was written"
+    assert (report / "compare.html").is_file()
+    assert (report / "compare.md").read_text().startswith("# Comparison of 1 run")
