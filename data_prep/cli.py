@@ -3,7 +3,10 @@
 A LightningCLI without subcommands: ``model.class_path`` picks the stage (any ``PrepStage``
 subclass), ``data`` is :class:`data_prep.stage.PrepData`, and the command always runs Lightning
 ``predict`` with ``return_predictions=False`` (the stage's ``SubjectWriter`` writes the files).
-Several GPUs: ``--trainer.devices N --trainer.strategy ddp``.
+Several GPUs: ``--trainer.devices N --trainer.strategy ddp``; several machines add
+``--trainer.num_nodes M`` (one process per GPU on every node, e.g. SLURM's ``srun``:
+experiments/slurm/). Ranks are Lightning's global ones: frames are dealt over all M x N
+processes and only global rank 0 locks the subject and prints the summary.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
-from data_prep.stage import PrepData, PrepStage
+from data_prep.stage import PrepData, PrepStage, remove_stale_temporaries
 from persona.locks import lock_folder
 
 WAIT_FLAG = "--wait"  # wait while another command writes the subject (default: stop at once)
@@ -71,6 +74,16 @@ def concise_message(error: Exception) -> str:
     return "\n".join(bullets) or text
 
 
+def subject_lock(subject: Path, global_rank: int, wait: bool | None
+                 ) -> contextlib.AbstractContextManager[Any]:
+    """The subject's one-writer lock, held by global rank 0 only: the other ranks of the run
+    (other GPUs, other nodes; srun starts them all at once, none sets RANK) write their frames
+    under it. A missing folder is the stage's own error, so nothing is locked then."""
+    if global_rank != 0 or not subject.is_dir():
+        return contextlib.nullcontext()
+    return lock_folder(subject, "persona prep", wait)
+
+
 def main(argv: list[str]) -> int:
     """`persona prep ...`; bad input and missing files end with a one-paragraph message naming
     the file or setting and exit status 1 (no traceback)."""
@@ -91,11 +104,12 @@ def _run(argv: list[str]) -> int:
     wait = WAIT_FLAG in argv or None  # None: PERSONA_LOCK_WAIT decides
     cli = build_cli([arg for arg in argv if arg != WAIT_FLAG])
     subject = Path(cli.datamodule.subject_dir)
-    # the stage writes into the subject: one writer at a time (a missing folder is the
-    # stage's own error)
-    lock = (lock_folder(subject, "persona prep", wait) if subject.is_dir()
-            else contextlib.nullcontext())
-    with lock:
+    with subject_lock(subject, cli.trainer.global_rank, wait):
+        if cli.trainer.global_rank == 0 and subject.is_dir():  # under the lock, before any
+            removed = remove_stale_temporaries(subject)  # rank writes: what kills left
+            if removed:
+                print(f"persona prep: removed {len(removed)} temporary file(s) left in "
+                      f"{subject} by an interrupted run", file=sys.stderr)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     frames = cli.datamodule.frames
     if cli.trainer.is_global_zero and frames is not None:

@@ -44,7 +44,7 @@ from data_prep.keypoints import (
     read_landmark_embedding,
     smplx_to_coco133,
 )
-from data_prep.stage import PrepStage
+from data_prep.stage import PrepStage, subject_body_spec
 from persona.body.loader import BodySpec, load_body
 from persona.body.model import BodyModel
 from persona.body.smplx_format import resolve_model_file
@@ -55,7 +55,6 @@ from persona.body.types import (
     Identity,
     PoseParams,
 )
-from persona.data.datamodule import body_spec_from_config
 from persona.data.motions import UPRIGHT_IN_CAMERA, VIRTUAL_FOCAL, VIRTUAL_HEIGHT
 from persona.data.subject import camera_to_json, pose_to_json, read_subject_config
 from persona.render.projection import project_points as shared_project_points
@@ -353,7 +352,7 @@ class FitStage(PrepStage):
             if declared is None:
                 raise FileNotFoundError(f"{subject_json} is missing: start the subject with "
                                         "`persona prep init`, or set model.init_args.body")
-            self._load(body_spec_from_config(declared))
+            self._load(subject_body_spec(declared, subject_json))
         elif declared is not None:
             for key in ("kind", "gender"):
                 if key in declared and declared[key] != getattr(self.body_spec, key):

@@ -72,6 +72,7 @@ from persona.data.subject import (
     is_generated,
     list_splits,
     pose_from_json,
+    write_json,
 )
 from persona.render.projection import pinhole
 from persona.render.types import Camera
@@ -86,6 +87,12 @@ NUM_FEET = 2
 BODY_POSE_KEY = "body_pose"  # JSON key of SMPL-X joints 1..21 (persona.data.subject)
 BODY_POSE_START = SMPLX_POSE_KEYS[BODY_POSE_KEY][0]  # full_pose index of body_pose[0:3] (= 1)
 MARKER_TEMPLATE = "{split}/smplx_optimized/footfix.json"  # written last: the split is done
+# the marker is written twice: first, before any params file is rewritten, with the driving
+# ankles and MARKER_STATE_KEY = MARKER_IN_PROGRESS (a killed run restarts from those, not from
+# a half-written fix); last, complete, with MARKER_DONE_KEY: only that one marks the split done
+MARKER_STATE_KEY = "state"
+MARKER_IN_PROGRESS = "in progress"
+MARKER_DONE_KEY = "diagnostics"
 KEYPOINTS_CONFIG = "configs/prep/keypoints.yaml"  # the stage that writes {split}/keypoints
 GENERATE_CONFIG = "configs/prep/generate.yaml"  # the stage that writes params and cameras
 
@@ -444,10 +451,24 @@ def read_split_sequence(root: Path, split: str, num_expression: int | None = Non
             "keypoints": np.stack(keypoints)}
 
 
+def marker_is_complete(marker: Path) -> bool:
+    """The split's fix finished: its marker exists and is the final one (a run killed while
+    writing the params leaves the in-progress marker, without MARKER_DONE_KEY)."""
+    if not marker.is_file():
+        return False
+    try:
+        data = json.loads(marker.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{marker}: not valid JSON ({error}); delete it and run the foot fix "
+                         "again") from error
+    return isinstance(data, dict) and MARKER_DONE_KEY in data
+
+
 def restore_driving_ankles(marker: Path, sequence: dict[str, Any]) -> None:
-    """A split fixed before (rerun with overwrite): put the driving ankles its marker kept back
-    into sequence["poses"], so that a rerun starts from, and is pulled toward, the driving pose
-    rather than the previous fix. No marker: nothing to do."""
+    """A split fixed before (rerun with overwrite), or whose fix was interrupted while
+    writing the params (in-progress marker): put the driving ankles its marker kept back into
+    sequence["poses"], so that a rerun starts from, and is pulled toward, the driving pose
+    rather than the previous (or a half-written) fix. No marker: nothing to do."""
     if not marker.is_file():
         return
     with open(marker) as handle:
@@ -470,7 +491,8 @@ def restore_driving_ankles(marker: Path, sequence: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 class GeneratedSplits(Dataset):
     """One item per generated split: ``{"split": "generated_<k>", "index": k}``. A split whose
-    marker ``{split}/smplx_optimized/footfix.json`` exists is skipped unless ``overwrite``."""
+    marker ``{split}/smplx_optimized/footfix.json`` is complete is skipped unless
+    ``overwrite`` (an in-progress marker, left by a killed run, is not done)."""
 
     def __init__(self, subject_dir: str | Path, splits: Sequence[str] | None = None,
                  overwrite: bool = False):
@@ -489,7 +511,8 @@ class GeneratedSplits(Dataset):
                 if not (self.root / split).is_dir():
                     raise FileNotFoundError(f"{self.root}: split {split!r} does not exist "
                                             "(setting data.splits)")
-        done = [s for s in chosen if (self.root / MARKER_TEMPLATE.format(split=s)).is_file()]
+        done = [s for s in chosen
+                if marker_is_complete(self.root / MARKER_TEMPLATE.format(split=s))]
         self.items = [s for s in chosen if overwrite or s not in done]
         self.num_skipped = len(chosen) - len(self.items)
 
@@ -529,7 +552,12 @@ class FootFixStage(PrepStage):
         split = item["split"]
         sequence = read_split_sequence(self.subject, split,
                                        self.body_config.get("num_expression"))
-        restore_driving_ankles(self.subject / MARKER_TEMPLATE.format(split=split), sequence)
+        marker = self.subject / MARKER_TEMPLATE.format(split=split)
+        restore_driving_ankles(marker, sequence)
+        driving = sequence["poses"].full_pose[:, list(ANKLE_JOINTS)].double().tolist()
+        # before the SubjectWriter rewrites any params file: the driving ankles, kept for a rerun
+        write_json(marker, {"frames": sequence["indices"], "driving_ankles": driving,
+                            MARKER_STATE_KEY: MARKER_IN_PROGRESS})
         device = self.body.v_template.device
         fixed, diagnostics = fix_ankles(self.body, self.identity.to(device), sequence["poses"],
                                         sequence["cameras"], sequence["keypoints"],
@@ -541,8 +569,7 @@ class FootFixStage(PrepStage):
                                               strict=True)):
             files[SMPLX_OUTPUT.format(split=split, index=index)] = with_fixed_ankles(
                 data, ankles[b])
-        driving = sequence["poses"].full_pose[:, list(ANKLE_JOINTS)].double().tolist()
         files[MARKER_TEMPLATE.format(split=split)] = {  # last: marks the split as done
             "frames": sequence["indices"], "driving_ankles": driving,
-            "settings": asdict(self.settings), "diagnostics": diagnostics.to_json()}
+            "settings": asdict(self.settings), MARKER_DONE_KEY: diagnostics.to_json()}
         return files

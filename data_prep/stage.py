@@ -16,6 +16,7 @@ two processes (identical content) never appears half-written. docs/prep/framewor
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -47,6 +48,9 @@ MASK_ON = 255  # docs/SUBJECT_FORMAT.md: masks are mode L, 255 = person
 MASK_THRESHOLD = 128  # an 8-bit mask pixel >= this reads as person
 IMAGE_GLOB = "*.png"  # docs/SUBJECT_FORMAT.md: images/{i}.png
 SHAPE_RELPATH = "smplx_optimized/shape_param.json"  # the fitted shape (fit stage)
+# the temporary name persona.data.subject.atomic_write_bytes writes before its rename,
+# ".{name}.tmp-{pid}": one left in a subject is a write killed before its rename
+TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,7 +151,6 @@ def load_subject_body(root: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     (``smplx_optimized/shape_param.json``): (BodyModel, Identity, subject.json's body section).
     A missing file is an error naming it and the stage that writes it."""
     from persona.body.loader import load_body
-    from persona.data.datamodule import body_spec_from_config
 
     root = Path(root)
     for needed, writer in ((SHAPE_RELPATH, "configs/prep/fit.yaml"),
@@ -156,7 +159,40 @@ def load_subject_body(root: str | Path) -> tuple[Any, Any, dict[str, Any]]:
             raise FileNotFoundError(f"{root / needed} is missing: run {writer} first "
                                     "(docs/PREPROCESSING.md)")
     body_config = read_subject_config(root).get("body", {})
-    return load_body(body_spec_from_config(body_config)), read_identity(root), body_config
+    spec = subject_body_spec(body_config, root / "subject.json")
+    return load_body(spec), read_identity(root), body_config
+
+
+def subject_body_spec(body_config: dict[str, Any], where: str | Path) -> Any:
+    """subject.json's body section -> BodySpec. subject.json names the body, not where its
+    files are: an SMPL-X body without a folder takes $PERSONA_SMPLX_PATH (as `persona fit`
+    does); with neither, the error names the variable and ``where``."""
+    from persona.data.datamodule import body_spec_from_config
+    from persona.system_config import SMPLX_PATH_ENV
+
+    spec = body_spec_from_config(body_config)
+    if spec.kind == "smplx" and not spec.model_path:
+        spec.model_path = os.environ.get(SMPLX_PATH_ENV)
+        if not spec.model_path:
+            raise ValueError(f"{where}: body kind 'smplx' needs the SMPL-X files: set "
+                             f"${SMPLX_PATH_ENV} to the folder holding "
+                             f"smplx/SMPLX_{spec.gender.upper()}.npz (docs/REAL_DATA.md)")
+    return spec
+
+
+def stale_temporaries(root: str | Path) -> list[Path]:
+    """The temporary files of atomic writes under ``root`` that never reached their rename."""
+    return sorted(path for path in Path(root).rglob(".*")
+                  if path.is_file() and TEMPORARY_NAME.fullmatch(path.name))
+
+
+def remove_stale_temporaries(root: str | Path) -> list[Path]:
+    """Remove what killed writes left under ``root`` (call it holding the subject's lock: no
+    other process is writing there); the removed paths."""
+    removed = stale_temporaries(root)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def output_relpath(template: str, split: str, index: int) -> str:

@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_mimicmotion import flat_state, random_pose_net, tiny_unet
+from test_mimicmotion import (
+    flat_state,
+    one_thread,  # noqa: F401 (autouse: tiny models on one thread)
+    random_pose_net,
+    tiny_unet,
+)
 from test_sam_segment import TINY as TINY_SAM
 from test_sam_segment import tiny_sam_by_hand
 from test_sapiens import FILE_NAMES, INPUT_SHAPE, tiny_modules
