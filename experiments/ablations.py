@@ -56,6 +56,9 @@ from persona.study.compare import (  # pooled_std: part of this script's interfa
 )
 from persona.study.compare import mean_std_cell as _mean_std
 
+# a run's identity as `persona sweep` computes it (its resolved config without location keys)
+from persona.study.identity import LOCATION_KEYS, config_hash, normalise_config  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 ABLATION_DIR = REPO / "configs" / "ablation"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -86,7 +89,6 @@ SUBJECT_PRESET = "garment"  # synth/config.py PRESETS: the open body in the loos
 DEFAULT_SUBJECT_SEED = 0  # the subject is an input: fixed across the fit seeds
 SOURCE_PATHS = ("persona", "configs", "pyproject.toml")  # uncommitted edits here change results
 # resolved-config keys that only say where a run lives (the subject is keyed by its meta hash)
-LOCATION_KEYS = (("trainer", "default_root_dir"), ("data", "subject_dir"), ("ckpt_path",))
 # A row, OUT/rows/<variant>/seed<k>.json (version ROW_SCHEMA): schema, variant, seed, fragments
 # (under configs/ablation/), epochs (--epochs or null), overrides (--override KEY=VALUE list),
 # commands {fit, test} (shell lines), git {commit, dirty, source_hash}, config_hash, config (the
@@ -236,23 +238,6 @@ def row_path(out: Path, variant: str, seed: int) -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def normalise_config(config: dict) -> dict:
-    """The resolved config without LOCATION_KEYS (copies; the input is left alone)."""
-    config = json.loads(json.dumps(config))
-    for path in LOCATION_KEYS:
-        node = config
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return config
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the normalised resolved config as canonical JSON (key order irrelevant)."""
-    return sha256_bytes(json.dumps(normalise_config(config), sort_keys=True).encode())
 
 
 def resolve_config(argv: list[str]) -> dict:

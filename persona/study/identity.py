@@ -11,9 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +63,10 @@ def resolve_config(fit_args: list[str]) -> dict:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON written to a temporary name in the same folder, then renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1, sort_keys=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """JSON through persona.data.subject.atomic_write_bytes (temporary name, then rename)."""
+    from persona.data.subject import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def read_json(path: Path) -> Any | None:
