@@ -29,7 +29,7 @@ from scipy.spatial.transform import Rotation
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES
 from persona.data.subject import atomic_write_bytes
 
-BUILTIN_MOTIONS: tuple[str, ...] = ("rotation", "punches", "kicks", "dance", "wave")
+BUILTIN_MOTIONS: tuple[str, ...] = ("rotation", "punches", "kicks", "dance", "wave", "march")
 DEFAULT_FPS = 30.0  # frames per second of the built-in motions
 
 # The virtual camera of METHOD.md section 8 at its native size; scale with the resolution.
@@ -290,8 +290,43 @@ def make_wave() -> Motion:
     return keyframed_motion("wave", 2.0, _pose_track(track))
 
 
+# The march's knee-up pose of the right leg (the left is its mirror): thigh raised to about the
+# kicks' chamber (hip -1.3 there), knee bent, the opposite arm swung forward, the pelvis turned.
+MARCH_HIP_FLEX = -1.1  # rad about x: thigh forward and up
+MARCH_KNEE_BEND = 1.3  # rad about x
+MARCH_ARM_SWING = 0.5  # rad about x from RELAXED: the arm opposite the raised knee forward
+MARCH_PELVIS_TURN = 0.1  # rad about y toward the raised knee
+
+
+def _march_step(side: str) -> dict[str, tuple[float, float, float]]:
+    """Knee up on ``side`` ("left" | "right"), the other arm forward, this arm back."""
+    other = "left" if side == "right" else "right"
+    turn = MARCH_PELVIS_TURN if side == "left" else -MARCH_PELVIS_TURN
+    relaxed = RELAXED[f"{other}_shoulder"]
+    forward = (relaxed[0] - MARCH_ARM_SWING, relaxed[1], relaxed[2])
+    relaxed_own = RELAXED[f"{side}_shoulder"]
+    back = (relaxed_own[0] + MARCH_ARM_SWING / 2, relaxed_own[1], relaxed_own[2])
+    return {**RELAXED, f"{side}_hip": (MARCH_HIP_FLEX, 0.0, 0.0),
+            f"{side}_knee": (MARCH_KNEE_BEND, 0.0, 0.0), f"{other}_knee": (0.05, 0.0, 0.0),
+            f"{other}_shoulder": forward, f"{side}_shoulder": back,
+            "pelvis": (0.0, turn, 0.0), "spine2": (0.0, -turn, 0.0)}
+
+
+def make_march() -> Motion:
+    """High-knee marching in place with arm swing, right knee first (2 s); the garment preset's
+    held-out test motion: it swings the skirt (the legs) and the sleeves (the arms) in
+    combinations no training motion has (docs/SUBJECT_FORMAT.md, the displacement table)."""
+    track = [(0.0, RELAXED)]
+    for i in range(4):
+        start = 0.5 * i
+        track += [(start + 0.25, _march_step("right" if i % 2 == 0 else "left")),
+                  (start + 0.5, RELAXED)]
+    return keyframed_motion("march", 2.0, _pose_track(track))
+
+
 _MAKERS = {"rotation": make_rotation, "punches": make_punches, "kicks": make_kicks,
-           "dance": make_dance, "wave": make_wave}
+           "dance": make_dance, "wave": make_wave,
+           "march": make_march}
 
 
 def make_builtin_motion(name: str) -> Motion:

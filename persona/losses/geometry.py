@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from persona.ops.image import gaussian_blur
+
 # Added to both min-max normalised depths before the log, so the nearest pixel (normalised 0)
 # stays finite. METHOD.md gives no value; 0.01 keeps near pixels from dominating.
 SILOG_LOG_EPS = 1e-2
@@ -29,6 +31,19 @@ SQRT_FLOOR = 1e-12
 def _zero_like_graph(*tensors: Tensor) -> Tensor:
     """A scalar 0 connected to the inputs' graphs (gradient 0, not None)."""
     return sum(t.sum() * 0.0 for t in tensors)  # type: ignore[return-value]
+
+
+def coarse_loss(render: Tensor, target: Tensor, sigma: float, levels: int) -> Tensor:
+    """Mean |blur(render) - blur(target)| over ``levels`` Gaussian blurs of std sigma, 2 sigma,
+    4 sigma ... pixels (images [B, C, H, W], same shapes). A splat's gradient from a blurred
+    difference reaches as far as the blur: it pulls a Gaussian towards image content a few
+    sigma away, where the plain per-pixel terms only see the Gaussian's own footprint."""
+    if render.shape != target.shape:
+        raise ValueError(f"coarse_loss: render {list(render.shape)} and target "
+                         f"{list(target.shape)} differ")
+    losses = [(gaussian_blur(render, sigma * 2 ** k) - gaussian_blur(target, sigma * 2 ** k))
+              .abs().mean() for k in range(levels)]
+    return torch.stack(losses).mean()
 
 
 def mask_loss(alpha: Tensor, mask: Tensor) -> Tensor:

@@ -47,8 +47,9 @@ def render_pass_terms(renders: dict[str, dict], batch: dict, weights: dict,
                 r, image, r["seams"], SEAM_TERM[variant], weights[SEAM_TERM[variant]],
                 loss_map))
         terms.update(loss_terms.image_terms(r, batch, variant, weights, seam_map, loss_map))
-        terms.update(loss_terms.geometry_terms(r, batch, variant, weights,
-                                               bool(loss_weights.geometry_mean_over_valid)))
+        terms.update(loss_terms.geometry_terms(
+            r, batch, variant, weights, bool(loss_weights.geometry_mean_over_valid),
+            (loss_weights.coarse_sigma, int(loss_weights.coarse_levels))))
     return terms
 
 

@@ -6,6 +6,7 @@ Term names (the system logs each as ``train/loss/<name>``; a term of weight 0 is
   the seam weight map, seam_weight on seams).
 - albedo_base: the image loss map of the base render against the albedo image (input only).
 - mask_base / mask_refined: |alpha - mask|.
+- coarse_base / coarse_refined: blurred rgb and alpha vs the blurred image and mask (ours).
 - depth_* / normal_* / seg_*: geometry terms of base and refined renders (x geometry w).
 - rgb_aux_refined: image loss of the rgb_aux render, geometry detached (generated only).
 - seam_distill / seam_distill_refined: image loss of rgb x seams vs rgb_aux render (detached)
@@ -56,6 +57,14 @@ class LossWeights:
     # plus patch boundary distillation, face mask and face geo, each x face_patch); 1: ours
     # before, the whole avatar's base and refined renders (x face_patch x image weight).
     face_patch_whole_avatar: int = 0
+    # Coarse terms (ours; authors: none): |blur(render) - blur(image)| on the rgb composited over
+    # the image and the alpha against the mask, at `coarse_levels` Gaussian blurs of std
+    # coarse_sigma x 1, 2, 4 ... px (training resolution), both variants and splits. Their
+    # gradient reaches a Gaussian several pixels from where the image wants it (a swung skirt;
+    # docs/ABLATIONS.md, "Coarse terms").
+    coarse: float = 0.0  # weight of coarse_base and coarse_refined (0 = off, the authors)
+    coarse_sigma: float = 2.0  # px: std of the finest blur
+    coarse_levels: int = 3  # blurs of std coarse_sigma x 2^k, k < levels (averaged)
     # Geometry terms: mask always 1; depth/normal/seg scaled by the split's geometry weight.
     mask: float = 1.0  # |alpha - mask|, base and refined, both splits
     geometry_input: float = 0.1  # geometry weight w on the input image
@@ -111,6 +120,11 @@ class LossWeights:
         for name, value in vars(self).items():
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"LossWeights.{name}: expected a number >= 0, got {value!r}")
+        if self.coarse_sigma <= 0 or self.coarse_levels < 1 or self.coarse_levels != int(
+                self.coarse_levels):
+            raise ValueError(f"LossWeights.coarse_sigma must be > 0 px and coarse_levels a "
+                             f"whole number >= 1, got {self.coarse_sigma!r} and "
+                             f"{self.coarse_levels!r}")
 
 
 IMAGE_PARTS = ("l1", "ssim", "lpips")
@@ -145,6 +159,7 @@ def term_weights(weights: LossWeights, is_input: bool) -> dict[str, float]:
     table.update(face_patch_weights(weights, is_input))
     for variant in VARIANTS:
         table[f"mask_{variant}"] = weights.mask
+        table[f"coarse_{variant}"] = weights.coarse
         for term in GEOMETRY_TERMS:
             table[f"{term}_{variant}"] = geometry * getattr(weights, term)
     return {name: float(value) for name, value in table.items()}

@@ -88,14 +88,28 @@ def normal_validity(alpha: Tensor, target_normal: Tensor) -> Tensor:
     return (alpha[..., 0] > NORMAL_VALID_ALPHA) & (target_normal.norm(dim=-1) > NORMAL_VALID_NORM)
 
 
+def coarse_term(render: dict, batch: dict, coarse: tuple[float, int]) -> Tensor:
+    """The blurred comparison of one render (its rgb composited over the image, and its alpha)
+    with the image and mask; coarse = (sigma px, levels) (geometry.coarse_loss)."""
+    image, alpha = batch["image"][0], render["alpha"]  # [H, W, 3], [H, W, 1]
+    rendered = torch.cat([render["rgb"] + image * (1 - alpha), alpha], dim=-1)  # [H, W, 4]
+    target = torch.cat([image, batch["mask"][0].to(image.dtype)], dim=-1)  # [H, W, 4]
+    return geo_losses.coarse_loss(hwc_to_bchw(rendered), hwc_to_bchw(target), *coarse)
+
+
 def geometry_terms(render: dict, batch: dict, variant: str, weights: dict,
-                   mean_over_valid: bool = False) -> Terms:
-    """Mask, depth, normal and segmentation terms of one variant. Normal and seg maps are
-    averaged over all pixels (authors) or, with mean_over_valid, over valid pixels (ours)."""
+                   mean_over_valid: bool = False, coarse: tuple[float, int] = (2.0, 3)
+                   ) -> Terms:
+    """Mask, coarse (blurred image and mask), depth, normal and segmentation terms of one
+    variant. Normal and seg maps are averaged over all pixels (authors) or, with
+    mean_over_valid, over valid pixels (ours)."""
     terms = {}
     w = weights[f"mask_{variant}"]
     if w > 0:
         terms[f"mask_{variant}"] = (geo_losses.mask_loss(render["alpha"], batch["mask"][0]), w)
+    w = weights.get(f"coarse_{variant}", 0.0)
+    if w > 0:
+        terms[f"coarse_{variant}"] = (coarse_term(render, batch, coarse), w)
     w = weights[f"depth_{variant}"]
     if w > 0:
         terms[f"depth_{variant}"] = (geo_losses.silog_depth_loss(

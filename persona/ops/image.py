@@ -1,10 +1,11 @@
-"""Image operators: the SSIM map, Sobel gradients and binary dilation.
+"""Image operators: the SSIM map, Gaussian blur, Sobel gradients and binary dilation.
 
 Images are channel-first [B, C, H, W] floats unless a docstring says otherwise.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -44,6 +45,21 @@ def _filter_separable(x: Tensor, window: Tensor, padding_mode: str) -> Tensor:
     kernel_w = window.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1)
     x = F.conv2d(x, kernel_h, groups=channels)
     return F.conv2d(x, kernel_w, groups=channels)
+
+
+GAUSSIAN_RADIUS_SIGMAS = 3.0  # a Gaussian blur's window reaches this many sigmas each side
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of [B, C, H, W] with std ``sigma`` pixels (window +-3 sigma, borders
+    replicated, so a constant image stays constant) -> [B, C, H, W]."""
+    _check_image(x, "x")
+    if sigma <= 0:
+        raise ValueError(f"gaussian_blur: sigma must be > 0 pixels, got {sigma}")
+    radius = max(1, math.ceil(GAUSSIAN_RADIUS_SIGMAS * sigma))
+    radius = min(radius, x.shape[-2] - 1, x.shape[-1] - 1)  # replicate padding's limit
+    window = gaussian_window(2 * radius + 1, sigma, x.dtype, x.device)
+    return _filter_separable(x, window, "replicate")
 
 
 def ssim_map(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from persona.losses.geometry import (
+    coarse_loss,
     mask_loss,
     normal_loss,
     normal_loss_map,
@@ -135,3 +136,24 @@ def test_seg_loss_gradient_is_scaled_by_all_pixels() -> None:
     assert pred.grad is not None
     assert float(pred.grad[0, 0, 0, 0]) == pytest.approx(-1 / 300)
     assert float(pred.grad[0, 9, 9, 0]) == 0.0
+
+
+def _blob(centre_x: torch.Tensor, height: int = 64, width: int = 96) -> torch.Tensor:
+    """A 1.5 px Gaussian splat at (centre_x, 32): [1, 1, H, W]."""
+    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                            torch.arange(width, dtype=torch.float64), indexing="ij")
+    return torch.exp(-((xx - centre_x) ** 2 + (yy - 32) ** 2) / (2 * 1.5 ** 2))[None, None]
+
+
+@pytest.mark.parametrize("distance", [12.0, 20.0])
+def test_coarse_loss_pulls_a_splat_from_beyond_its_footprint(distance: float) -> None:
+    """A splat `distance` px right of where the target has it: the plain L1 gives it (almost)
+    no gradient, the coarse loss a clear one towards the target."""
+    target = _blob(torch.tensor(40.0, dtype=torch.float64))
+    x_plain = torch.tensor(40.0 + distance, dtype=torch.float64, requires_grad=True)
+    (_blob(x_plain) - target).abs().mean().backward()
+    x_coarse = torch.tensor(40.0 + distance, dtype=torch.float64, requires_grad=True)
+    coarse_loss(_blob(x_coarse), target, sigma=2.0, levels=3).backward()
+    assert abs(float(x_plain.grad)) < 1e-6
+    assert float(x_coarse.grad) > 1e-5  # descending moves the splat left, onto the target
+    assert float(coarse_loss(target, target, 2.0, 3)) == 0.0

@@ -14,6 +14,8 @@ EXPECTED = {
     "albedo_base": (1.0, 0.0),
     "mask_base": (1.0, 1.0),
     "mask_refined": (1.0, 1.0),
+    "coarse_base": (0.0, 0.0),  # ours only (losses.coarse; the authors have no blurred terms)
+    "coarse_refined": (0.0, 0.0),
     "depth_base": (0.1 * 0.01, 0.01),
     "depth_refined": (0.1 * 0.01, 0.01),
     "normal_base": (0.1, 1.0),

@@ -38,6 +38,19 @@ def test_zero_weights_compute_nothing_and_positive_ones_carry_their_weight():
     assert float(terms["mask_base"][0]) == pytest.approx(0.0)
 
 
+def test_coarse_term_compares_the_composite_and_alpha_with_image_and_mask():
+    weights = {"mask_refined": 0.0, "coarse_refined": 3.0, "depth_refined": 0.0,
+               "normal_refined": 0.0, "seg_refined": 0.0}
+    same = T.geometry_terms(_render(), _batch(), "refined", weights, coarse=(1.0, 2))
+    assert set(same) == {"coarse_refined"} and same["coarse_refined"][1] == 3.0
+    assert float(same["coarse_refined"][0]) == pytest.approx(0.0)  # render == image, alpha == mask
+    nothing = _render(alpha=0.0)
+    nothing["rgb"] = torch.zeros(H, W, 3)  # premultiplied: nothing rendered
+    empty = T.geometry_terms(nothing, _batch(), "refined", weights, coarse=(1.0, 2))
+    # alpha 0 against mask 1 in one of the four channels; rgb composites to the image
+    assert float(empty["coarse_refined"][0]) == pytest.approx(0.25)
+
+
 def test_image_term_composites_the_render_over_the_target():
     render = _render(alpha=0.0)  # nothing rendered: the composite is the target itself
     render["rgb"] = torch.zeros(H, W, 3)

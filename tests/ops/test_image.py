@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from persona.ops.image import dilate, sobel_gradients, sobel_magnitude, ssim_map
+from persona.ops.image import dilate, gaussian_blur, sobel_gradients, sobel_magnitude, ssim_map
 
 
 def _image_pair() -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +81,17 @@ def test_dilate_square() -> None:
     assert int(dilate(mask, 3)[:2, :2].sum()) == 4  # clipped at the border
     with pytest.raises(ValueError, match="odd"):
         dilate(mask, 4)
+
+
+def test_gaussian_blur_keeps_mass_and_constants_and_matches_its_std() -> None:
+    image = torch.zeros(1, 1, 81, 81, dtype=torch.float64)
+    image[0, 0, 40, 40] = 1.0
+    blurred = gaussian_blur(image, 3.0)
+    assert torch.isclose(blurred.sum(), torch.tensor(1.0, dtype=torch.float64))
+    coords = torch.arange(81, dtype=torch.float64) - 40
+    variance_x = (blurred[0, 0].sum(0) * coords ** 2).sum()
+    assert 8.6 < float(variance_x) < 9.0  # std 3 px, truncated at 3 sigma (variance x 0.97)
+    constant = torch.full((1, 2, 20, 30), 0.7)
+    assert torch.allclose(gaussian_blur(constant, 5.0), constant)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(constant, 0.0)
