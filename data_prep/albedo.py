@@ -16,11 +16,16 @@ cannot run offline. This stage is a light, documented CPU replacement (docs/prep
    clipped to [0, 1]; outside the mask the image is copied (or white).
 
 Normals come from ``captured/normals/0.npy`` (OpenCV camera frame, unit, 0 = invalid), written
-by the Sapiens geometry stage (configs/prep/geometry.yaml).
+by the Sapiens geometry stage (configs/prep/geometry.yaml). Without it (a CPU chain,
+configs/prep/albedo_light.yaml: ``normals: body``), they are the normals of the fitted body mesh
+seen by the fitted camera (``body_normal_map``): the body's shape without clothing folds, hair
+or face detail, and 0 (filled by ``invalid_fill``) on mask pixels the body does not cover. Which
+normals were used is written beside the albedo (``0_albedo.json``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +73,13 @@ DEFAULT_GROUPS = 6  # chromaticity groups (distinct garment / skin colours); 1 =
 SOLVE_RIDGE = 1e-9  # relative ridge on the normal equations (rank-deficient normal sets)
 
 BACKGROUND_MODES = ("image", "white")
+NORMAL_SOURCES = ("file", "body", "auto")  # Sapiens normals file | fitted body | file if present
+ALBEDO_RECORD = "captured/image_intrinsics/0_albedo.json"  # how the albedo was made (ours)
+FIT_STAGE = "the fit stage (persona prep --config configs/prep/fit.yaml)"
+# Body normals seen at a grazing angle (|cos| to the viewing ray below this) are dropped: the
+# body's outline lies inside the clothed silhouette, and dividing by the near-zero shading
+# there gave bright seams along the outline on the real photo.
+BODY_MIN_FACING = 0.35
 INVALID_FILL_MODES = ("median", "nearest")
 NORMALS_STAGE = "the Sapiens geometry stage (persona prep --config configs/prep/geometry.yaml)"
 MASK_STAGE = "the SAM stage (persona prep --config configs/prep/segment.yaml)"
@@ -373,6 +385,83 @@ def estimate_albedo(image: np.ndarray, mask: np.ndarray, normals: np.ndarray,
 
 
 # ----------------------------------------------------------------------------------------------
+# Normals of the fitted body (no normal estimator)
+# ----------------------------------------------------------------------------------------------
+def body_normal_map(vertices: Any, faces: Any, camera: Any) -> np.ndarray:
+    """Posed mesh (world vertices [V, 3], faces [F, 3]) seen by ``camera`` -> float32 [H, W, 3]
+    unit normals in the camera frame (OpenCV axes) of the nearest surface at each pixel centre,
+    0 where the mesh does not cover the pixel. A z-buffer on perspective-correct depth
+    (persona.render.silhouette's pixel enumeration); vertex normals (area-weighted face normals)
+    interpolated with the screen-space barycentrics, then normalised."""
+    import torch
+
+    from persona.ops.mesh import vertex_normals
+    from persona.render.silhouette import DEFAULT_MAX_PAIRS, covered_pairs, project_vertices
+
+    vertices = vertices.detach().to(torch.float64)
+    faces = faces.to(dtype=torch.int64, device=vertices.device)
+    height, width = camera.height, camera.width
+    normals_cam = vertex_normals(vertices, faces) @ camera.R.to(vertices).T  # [V, 3]
+    uv, z = project_vertices(vertices, camera)
+    inverse_z = 1.0 / z.clamp(min=camera.near)  # [V]
+    depth = torch.full((height * width,), float("inf"), dtype=torch.float64)
+    out = torch.zeros(height * width, 3, dtype=torch.float64)
+    for pixels, tri, bary in covered_pairs(uv, z, faces, camera, DEFAULT_MAX_PAIRS):
+        pair_depth = 1.0 / (bary * inverse_z[faces[tri]]).sum(-1)  # [M]
+        chunk = torch.full_like(depth, float("inf")).scatter_reduce(
+            0, pixels, pair_depth, reduce="amin")
+        winner = pair_depth == chunk[pixels]  # [M]
+        nearer = (chunk < depth)[pixels] & winner
+        interpolated = (bary[nearer, :, None] * normals_cam[faces[tri[nearer]]]).sum(1)  # [m, 3]
+        out[pixels[nearer]] = interpolated
+        depth = torch.minimum(depth, chunk)
+    length = out.norm(dim=-1, keepdim=True)
+    out = torch.where(length > RATIO_EPS, out / length.clamp(min=RATIO_EPS), 0.0)
+    return out.reshape(height, width, 3).to(torch.float32).numpy()
+
+
+def drop_grazing(normals: np.ndarray, K: np.ndarray, min_facing: float = BODY_MIN_FACING
+                 ) -> np.ndarray:
+    """Normals [H, W, 3] (camera frame) with those whose |cos| to the pixel's viewing ray is
+    below ``min_facing`` set to 0 (invalid). K [3, 3] the camera intrinsics."""
+    height, width = normals.shape[:2]
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    rays = np.stack([(cols - K[0, 2]) / K[0, 0], (rows - K[1, 2]) / K[1, 1],
+                     np.ones_like(cols)], axis=-1)  # [H, W, 3]
+    rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+    facing = np.abs((normals * rays).sum(-1))  # [H, W]
+    return np.where((facing >= min_facing)[..., None], normals, 0.0).astype(np.float32)
+
+
+def fitted_body_normals(root: str | Path, width: int, height: int) -> np.ndarray:
+    """float32 [H, W, 3] normals of the subject's fitted body (``captured`` frame 0: its
+    camera, SMPL-X parameters and shape); errors name the missing file and its stage."""
+    from data_prep.stage import load_subject_body
+    from persona.data.subject import camera_from_json, pose_from_json
+
+    root = Path(root)
+    paths = FramePaths(CAPTURED_SPLIT, INPUT_INDEX)
+    for rel in (paths.camera, paths.smplx):
+        if not (root / rel).is_file():
+            raise FileNotFoundError(f"{root / rel} is missing: the albedo's body normals need "
+                                    f"the fitted body, written by {FIT_STAGE}")
+    body, identity, body_config = load_subject_body(root)
+    camera = camera_from_json(json.loads((root / paths.camera).read_text()), width, height)
+    pose = pose_from_json(json.loads((root / paths.smplx).read_text()),
+                          int(body_config.get("num_expression", body.num_expression)))
+    with torch_no_grad():
+        vertices = body(identity, pose)[0]  # [V, 3] world
+    return drop_grazing(body_normal_map(vertices, body.faces, camera),
+                        camera.K.detach().cpu().double().numpy())
+
+
+def torch_no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
+
+
+# ----------------------------------------------------------------------------------------------
 # Stage
 # ----------------------------------------------------------------------------------------------
 class ShadingAlbedoStage(PrepStage):
@@ -386,8 +475,15 @@ class ShadingAlbedoStage(PrepStage):
                  shading_median: float = DEFAULT_SHADING_MEDIAN,
                  invalid_fill: str = "median", background: str = "image",
                  iterations: int = DEFAULT_ITERATIONS, tukey_c: float = TUKEY_C,
-                 min_scale: float = DEFAULT_MIN_SCALE, subject_dir: str | None = None):
+                 min_scale: float = DEFAULT_MIN_SCALE, subject_dir: str | None = None,
+                 normals: str = "file"):
+        """normals: ``file`` (captured/normals/0.npy, the Sapiens geometry stage), ``body``
+        (the fitted body's, `fitted_body_normals`) or ``auto`` (the file when it exists)."""
         super().__init__()
+        if normals not in NORMAL_SOURCES:
+            raise ValueError(f"model.init_args.normals must be one of {NORMAL_SOURCES}, got "
+                             f"{normals!r}")
+        self.normals_source = normals
         try:
             self.settings = AlbedoSettings(srgb, coloured, groups, shading_floor, shading_median,
                                            invalid_fill, background,
@@ -412,15 +508,23 @@ class ShadingAlbedoStage(PrepStage):
         if "mask" not in item:
             raise FileNotFoundError(f"{paths.mask} is missing: the albedo needs the person mask, "
                                     f"written by {MASK_STAGE}")
-        normals = item.get("normals")
-        if normals is None:
-            path = self._root() / paths.normal
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: the albedo needs the surface normals "
-                                        f"{paths.normal}, written by {NORMALS_STAGE}")
-            normals = np.load(path)
         image = np.asarray(item["image"].detach().cpu().numpy()
                            if hasattr(item["image"], "detach") else item["image"])
+        normals = item.get("normals")
+        source = "given"
+        if normals is None:
+            path = self._root() / paths.normal
+            use_body = self.normals_source == "body" or (self.normals_source == "auto"
+                                                         and not path.is_file())
+            if use_body:
+                normals = fitted_body_normals(self._root(), image.shape[1], image.shape[0])
+                source = "fitted body"
+            elif not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: the albedo needs the surface normals "
+                                        f"{paths.normal}, written by {NORMALS_STAGE} (or set "
+                                        "model.init_args.normals: body)")
+            else:
+                normals, source = np.load(path), paths.normal
         mask = np.asarray(item["mask"].detach().cpu().numpy()
                           if hasattr(item["mask"], "detach") else item["mask"], dtype=bool)
         normals = np.asarray(normals, dtype=np.float64)
@@ -428,4 +532,9 @@ class ShadingAlbedoStage(PrepStage):
             raise ValueError(f"{paths.normal}: shape {list(normals.shape)} does not match the "
                              f"image {list(image.shape)}")
         result = estimate_albedo(image, mask, normals, self.settings)
-        return {ALBEDO_RELPATH: float_to_uint8(result.albedo)}
+        covered = valid_normals(normals) & mask
+        record = {"method": "second-order SH shading divided out (docs/prep/albedo.md)",
+                  "normals": source,
+                  "mask_pixels_with_normals": round(float(covered.sum() / max(mask.sum(), 1)), 4),
+                  "invalid_fill": self.settings.invalid_fill}
+        return {ALBEDO_RELPATH: float_to_uint8(result.albedo), ALBEDO_RECORD: record}

@@ -96,11 +96,16 @@ def main(argv: list[str]) -> int:
 
 def _run(argv: list[str]) -> int:
     """Run one stage's ``predict`` over a subject (``persona prep init PHOTO SUBJECT`` starts
-    one); returns the exit status."""
+    one; ``persona prep photo PHOTO SUBJECT`` runs the whole CPU chain); returns the exit
+    status."""
     if argv and argv[0] == "init":
         from data_prep.init_subject import main as init_main
 
         return init_main(list(argv[1:]))
+    if argv and argv[0] == "photo":  # the whole CPU chain from a photo (data_prep/photo.py)
+        from data_prep.photo import main as photo_main
+
+        return photo_main(list(argv[1:]))
     wait = WAIT_FLAG in argv or None  # None: PERSONA_LOCK_WAIT decides
     cli = build_cli([arg for arg in argv if arg != WAIT_FLAG])
     subject = Path(cli.datamodule.subject_dir)

@@ -71,6 +71,8 @@ CAPTURED_SPLIT = "captured"
 CAM_OUTPUT = "{split}/cam_params/{index}.json"
 SMPLX_OUTPUT = "{split}/smplx_optimized/smplx_params/{index}.json"
 SHAPE_OUTPUT = "smplx_optimized/shape_param.json"
+REPORT_OUTPUT = "{split}/fit_report/{index}.json"  # reprojection errors of the fit (ours)
+PERCENT = 100.0
 
 
 @dataclass
@@ -313,10 +315,44 @@ def fit_outputs(split: str, index: int, pose: PoseParams, betas: Tensor, camera:
     }
 
 
+def person_height_px(keypoints: np.ndarray, weights: np.ndarray,
+                     mask: np.ndarray | None = None) -> tuple[float, str]:
+    """The person's height in pixels and where it comes from: the rows the mask [H, W] (bool)
+    covers (top of the head to the soles) when there is one, else the vertical spread of the
+    weighted keypoints [133, 3] (nose to heels: shorter, so the percentages are stricter)."""
+    if mask is not None and mask.any():
+        rows = np.flatnonzero(mask.any(axis=1))
+        return float(rows[-1] - rows[0] + 1), "mask"
+    used = keypoints[weights > 0, 1]
+    return (float(used.max() - used.min()) if used.size else float("nan")), "keypoints"
+
+
+def reprojection_report(diagnostics: FitDiagnostics, keypoints: np.ndarray, min_score: float,
+                        mask: np.ndarray | None = None) -> dict[str, Any]:
+    """The fit's reprojection errors as a JSON object: median / mean / max over the keypoints
+    the fit used (score >= min_score, landmark on the body), in pixels and in % of the
+    person's height (`person_height_px`), with each keypoint's error."""
+    errors = diagnostics.errors_px if diagnostics.errors_px is not None else np.full(133, np.nan)
+    used = np.isfinite(errors)
+    height, source = person_height_px(keypoints, used.astype(np.float64), mask)
+    median = float(np.median(errors[used])) if used.any() else float("nan")
+    return {
+        "keypoints_used": int(used.sum()), "min_score": float(min_score),
+        "median_error_px": median,
+        "mean_error_px": float(errors[used].mean()) if used.any() else float("nan"),
+        "max_error_px": float(errors[used].max()) if used.any() else float("nan"),
+        "person_height_px": height, "height_from": source,
+        "median_error_percent_of_height": PERCENT * median / height if height > 0 else None,
+        "back_view": bool(diagnostics.back_view), "seconds": round(diagnostics.seconds, 3),
+        "errors_px": {str(i): round(float(errors[i]), 3) for i in np.flatnonzero(used)},
+    }
+
+
 class FitStage(PrepStage):
     """Fits the body to `{split}/keypoints/{i}.json` (split `captured`) and writes
     `{split}/cam_params/{i}.json`, `{split}/smplx_optimized/smplx_params/{i}.json` and
-    `smplx_optimized/shape_param.json`."""
+    `smplx_optimized/shape_param.json`, and the reprojection errors in
+    `{split}/fit_report/{i}.json` (`reprojection_report`)."""
 
     output_templates = (CAM_OUTPUT, SMPLX_OUTPUT)
 
@@ -375,5 +411,11 @@ class FitStage(PrepStage):
         pose, betas, diagnostics = fit_smplx_to_keypoints(self.body, keypoints, camera,
                                                           self.settings, self.table)
         self.diagnostics[f"{split}/{index}"] = diagnostics
-        return fit_outputs(split, index, pose, betas, camera)
+        mask = item.get("mask")
+        mask_np = None if mask is None else np.asarray(mask.detach().cpu().numpy()
+                                                       if hasattr(mask, "detach") else mask)
+        outputs = fit_outputs(split, index, pose, betas, camera)
+        outputs[REPORT_OUTPUT.format(split=split, index=index)] = reprojection_report(
+            diagnostics, keypoints, self.settings.min_score, mask_np)
+        return outputs
 

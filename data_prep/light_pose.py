@@ -327,6 +327,17 @@ def choose_person(people: list[Person], person_index: int | None = None) -> int:
     return max(range(len(people)), key=lambda i: (people[i].size, people[i].score))
 
 
+def nearest_person(people: list[Person], point: tuple[float, float] | np.ndarray) -> int:
+    """Index of the person whose mid-hip (detection keypoint 0) is nearest ``point`` [2] (image
+    pixels): how a chain that already chose someone in a larger frame finds them again in its
+    crop (data_prep/photo.py)."""
+    if not people:
+        raise ValueError("no person found in the image")
+    target = np.asarray(point, dtype=np.float64).reshape(2)
+    return min(range(len(people)),
+               key=lambda i: float(np.linalg.norm(people[i].keypoints[KP_HIP] - target)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Crop and landmarks
 # ----------------------------------------------------------------------------------------------
@@ -481,7 +492,7 @@ class LightPoseResult:
 
     people: list[Person]  # every person found, best detector score first
     chosen: int  # index into people
-    rule: str  # "largest" or "person_index"
+    rule: str  # "largest", "person_index" or "nearest" (to a given point)
     pose_presence: float  # the landmark model's pose flag for the chosen crop
     landmarks: np.ndarray  # [33, 5] x, y, z (px), visibility, presence
     world: np.ndarray  # [33, 3] metres, origin between the hips
@@ -534,18 +545,23 @@ class LightPose:
                              f"(got {[list(o.shape) for o in outputs]}); {INSTALL_HINT}")
         return named
 
-    def __call__(self, image: np.ndarray, person_index: int | None = None) -> LightPoseResult:
-        """uint8 RGB [H, W, 3] -> LightPoseResult; ValueError when nobody is found."""
+    def __call__(self, image: np.ndarray, person_index: int | None = None,
+                 near: tuple[float, float] | None = None) -> LightPoseResult:
+        """uint8 RGB [H, W, 3] -> LightPoseResult; ValueError when nobody is found. The person
+        kept: the one whose mid-hip is nearest ``near`` (x, y px) when given, else
+        ``person_index``, else the largest."""
         image = np.ascontiguousarray(image, dtype=np.uint8)
         height, width = image.shape[:2]
         people = detect_people(image, self.detector, self.min_detection_score)
-        chosen = choose_person(people, person_index)
+        chosen = (nearest_person(people, near) if near is not None
+                  else choose_person(people, person_index))
+        rule = ("nearest" if near is not None
+                else "largest" if person_index is None else "person_index")
         roi = people[chosen].roi
         raw = self.landmarks_in(image, roi)
         landmarks = decode_landmarks(raw["landmarks"], raw["heatmap"], roi)
         return LightPoseResult(
-            people=people, chosen=chosen,
-            rule="largest" if person_index is None else "person_index",
+            people=people, chosen=chosen, rule=rule,
             pose_presence=float(raw["flag"].reshape(-1)[0]), landmarks=landmarks,
             world=decode_world(raw["world"], roi),
             mask=mask_to_image(raw["mask"], roi, height, width),
@@ -567,12 +583,20 @@ class _LightStage(PrepStage):
                  landmark_model: str = f"{DEFAULT_MODEL_DIR}/pose_landmark_full.tflite",
                  person_index: int | None = None,
                  min_detection_score: float = DEFAULT_MIN_DETECTION_SCORE,
-                 score_source: str = "visibility", num_threads: int | None = None):
+                 score_source: str = "visibility", num_threads: int | None = None,
+                 person_near: list[float] | None = None):
+        """person_near: (x, y) image pixels; keep the person whose mid-hip is nearest (wins over
+        person_index; `persona prep photo` sets it to the person chosen in the full photo)."""
         super().__init__()
         if person_index is not None and person_index < 0:
             raise ValueError(f"model.init_args.person_index must be >= 0 or null, got "
                              f"{person_index}")
+        if person_near is not None and len(person_near) != 2:
+            raise ValueError(f"model.init_args.person_near must be [x, y] or null, got "
+                             f"{person_near}")
         self.person_index = person_index
+        self.person_near = None if person_near is None else (float(person_near[0]),
+                                                             float(person_near[1]))
         self.pose = LightPose(detector_model, landmark_model, min_detection_score, score_source,
                               num_threads)
 
@@ -580,7 +604,7 @@ class _LightStage(PrepStage):
         image = item["image"]
         image = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
         try:
-            return self.pose(image, self.person_index)
+            return self.pose(image, self.person_index, self.person_near)
         except ValueError as error:
             raise ValueError(f"{item['split']}/images/{item['index']}.png: {error}") from error
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from persona import system_config
@@ -33,7 +33,7 @@ from persona.data.datamodule import host_flag
 from persona.losses import regularizers as reg
 from persona.losses import step_terms
 from persona.losses import terms as loss_terms
-from persona.losses.table import LossWeights, term_weights
+from persona.losses.table import LossWeights, term_weights, without_missing_maps
 from persona.metrics.protocol import EvalProtocol
 from persona.render import passes
 from persona.render.types import Gaussians, Renderer
@@ -104,6 +104,12 @@ class PersonaSystem(LightningModule):
         from persona.body.loader import load_body
 
         dm.setup("fit")
+        self.loss_weights, off = without_missing_maps(self.loss_weights,
+                                                      getattr(dm, "missing", ()))
+        if off:
+            rank_zero_info(f"subject {dm.subject_dir}: subject.json declares no "
+                           f"{', '.join(off)} maps (\"missing\"); their loss terms are off ("
+                           + ", ".join(f"model.losses.{name} = 0" for name in off) + ")")
         spec = system_config.resolve_body_spec(dm.body_spec, self.hparams.body,
                                                self.hparams.cache_dir)
         body = load_body(spec)

@@ -26,6 +26,7 @@ from persona.data.subject import (
     CAPTURED_SPLIT,
     TEST_SPLIT,
     FrameRecord,
+    declared_missing,
     is_generated,
     list_splits,
     read_frame_maps,
@@ -76,10 +77,13 @@ class SubjectFrames(Dataset):
     """One sample per frame record: every map at the scaled size, camera and SMPL-X (unbatched)."""
 
     def __init__(self, root: str | Path, frames: list[FrameRecord], resolution_scale: float,
-                 num_expression: int, keep_input: bool = False) -> None:
+                 num_expression: int, keep_input: bool = False,
+                 missing: frozenset[str] = frozenset()) -> None:
         """keep_input: decode the input (captured) frame once and keep its sample (each
-        DataLoader worker keeps its own copy); the balanced sampler draws it half the time."""
+        DataLoader worker keeps its own copy); the balanced sampler draws it half the time.
+        missing: maps subject.json declares absent (zero maps, persona.data.subject)."""
         self.root = Path(root)
+        self.missing = missing
         self.frames = frames
         self.resolution_scale = resolution_scale
         self.num_expression = num_expression
@@ -101,7 +105,8 @@ class SubjectFrames(Dataset):
     def _read(self, row: int) -> dict[str, Any]:
         """Decode and resize every map of frame `row`."""
         record = self.frames[row]
-        maps = read_frame_maps(self.root, record.split, record.index)
+        maps = (read_frame_maps(self.root, record.split, record.index, self.missing)
+                if self.missing else read_frame_maps(self.root, record.split, record.index))
         native_h, native_w = maps["image"].shape[:2]
         width, height = scaled_size(native_w, native_h, self.resolution_scale)
         camera = scale_camera(record.camera, width, height)
@@ -139,6 +144,11 @@ class SubjectFrames(Dataset):
                                                       ).float()  # [H, W, 3]
             sample["K_native"] = record.camera.K  # [3, 3]
         return sample
+
+
+# Training on the input image alone (subject.json "missing": ["generated"]): every draw is the
+# input frame, and an epoch is this many draws unless data.epoch_length says otherwise.
+CAPTURED_ONLY_EPOCH_LENGTH = 100
 
 
 # Per-frame flags also kept as Python bools ("<flag>_host"): Lightning moves tensors to the
@@ -216,6 +226,7 @@ class PersonaDataModule(pl.LightningDataModule):
         self.identity: Identity | None = None
         self.body_spec: Any = None
         self.subject_config: dict[str, Any] = {}
+        self.missing: frozenset[str] = frozenset()  # subject.json "missing"
         self._is_set_up = False
 
     def setup(self, stage: str | None = None) -> None:
@@ -239,7 +250,28 @@ class PersonaDataModule(pl.LightningDataModule):
         self.train_frames = read_frame_records(root, train_splits, self.num_expression)
         self.test_frames = (read_frame_records(root, [TEST_SPLIT], self.num_expression)
                             if TEST_SPLIT in splits else [])
+        self.missing = declared_missing(self.subject_config)
+        self._report_missing(root)
         self._is_set_up = True
+
+    def _report_missing(self, root: Path) -> None:
+        """Say what training does without generated frames (the system switches off the loss
+        terms of missing maps: persona.losses.table.without_missing_maps)."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        if not self.generated_rows:
+            rank_zero_info(f"subject {root}: no generated frames; training on the input image "
+                           f"alone (input_ratio 1, {self._epoch_length()} draws per epoch; "
+                           "unseen sides are only regularised: docs/REAL_DATA.md)")
+
+    def _input_ratio(self) -> float:
+        """All draws are the input frame when there is no generated frame."""
+        return 1.0 if not self.generated_rows else self.input_ratio
+
+    def _epoch_length(self) -> int | None:
+        if self.epoch_length is None and not self.generated_rows:
+            return CAPTURED_ONLY_EPOCH_LENGTH
+        return self.epoch_length
 
     @property
     def input_rows(self) -> list[int]:
@@ -250,8 +282,8 @@ class PersonaDataModule(pl.LightningDataModule):
         return [row for row, f in enumerate(self.train_frames) if not f.is_input]
 
     def make_sampler(self, num_replicas: int = 1, rank: int = 0) -> BalancedSampler:
-        return BalancedSampler(self.input_rows, self.generated_rows, self.input_ratio,
-                               self.epoch_length, self.seed, num_replicas, rank)
+        return BalancedSampler(self.input_rows, self.generated_rows, self._input_ratio(),
+                               self._epoch_length(), self.seed, num_replicas, rank)
 
     def _replicas(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -268,7 +300,7 @@ class PersonaDataModule(pl.LightningDataModule):
     def _loader(self, frames: list[FrameRecord], sampler: Any,
                 keep_input: bool = False) -> DataLoader:
         dataset = SubjectFrames(self.subject_dir, frames, self.resolution_scale,
-                                self.num_expression, keep_input)
+                                self.num_expression, keep_input, self.missing)
         return DataLoader(dataset, batch_size=1, sampler=sampler, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate_frames,
                           persistent_workers=self.num_workers > 0, pin_memory=self._pin())
@@ -291,11 +323,11 @@ class PersonaDataModule(pl.LightningDataModule):
 
     def train_dataset(self) -> SubjectFrames:
         return SubjectFrames(self.subject_dir, self.train_frames, self.resolution_scale,
-                             self.num_expression)
+                             self.num_expression, missing=self.missing)
 
     def test_dataset(self) -> SubjectFrames:
         return SubjectFrames(self.subject_dir, self.test_frames, self.resolution_scale,
-                             self.num_expression)
+                             self.num_expression, missing=self.missing)
 
 
 def body_spec_from_config(body: dict[str, Any]) -> Any:

@@ -37,6 +37,13 @@ KNOWN_BODY_KINDS: tuple[str, ...] = ("open", "smplx", "procedural")
 KNOWN_GENDERS: tuple[str, ...] = ("neutral", "male", "female")
 FRAME_LIST_NAME = "frame_idx_list.txt"
 ALBEDO_RELPATH = "captured/image_intrinsics/0_albedo.png"
+# subject.json "missing": what a subject declares it has not (no model made it, e.g. the CPU
+# chain `persona prep photo`). The validator does not ask for these files, the data module
+# gives zero maps (= invalid) and switches their loss terms off; "generated" = no
+# generated_<k> split (training on the input image alone).
+MISSING_KEY = "missing"
+MISSABLE_MAPS: tuple[str, ...] = ("depth", "normal", "seg")
+MISSABLE: tuple[str, ...] = (*MISSABLE_MAPS, "generated")
 
 # SMPL-X parameter JSON: key -> (first joint in full_pose, number of joints). Axis-angle.
 SMPLX_POSE_KEYS: dict[str, tuple[int, int]] = {
@@ -332,20 +339,34 @@ def read_seg(path: str | Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def read_frame_maps(root: str | Path, split: str, index: int) -> dict[str, np.ndarray]:
+def declared_missing(config: dict[str, Any]) -> frozenset[str]:
+    """subject.json's ``missing`` list as a set (unknown names are the validator's concern)."""
+    value = config.get(MISSING_KEY, []) if isinstance(config, dict) else []
+    return frozenset(v for v in value if isinstance(v, str)) if isinstance(value, list) \
+        else frozenset()
+
+
+def read_frame_maps(root: str | Path, split: str, index: int,
+                    missing: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
     """All per-pixel maps of a frame at native resolution (float32 unless noted).
 
     image [H,W,3], mask [H,W], depth [H,W], normal [H,W,3], seg uint8 [H,W,3], and albedo
-    [H,W,3] for the input image.
+    [H,W,3] for the input image. A map named in ``missing`` (subject.json) is not read: it is
+    all zeros, the "invalid" value of depth and normals.
     """
     root = Path(root)
     paths = FramePaths(split, index)
+    image = read_image(root / paths.image)
+    height, width = image.shape[:2]
     maps = {
-        "image": read_image(root / paths.image),
+        "image": image,
         "mask": read_mask(root / paths.mask),
-        "depth": np.load(root / paths.depth).astype(np.float32),
-        "normal": np.load(root / paths.normal).astype(np.float32),
-        "seg": read_seg(root / paths.seg),
+        "depth": (np.zeros((height, width), np.float32) if "depth" in missing
+                  else np.load(root / paths.depth).astype(np.float32)),
+        "normal": (np.zeros((height, width, 3), np.float32) if "normal" in missing
+                   else np.load(root / paths.normal).astype(np.float32)),
+        "seg": (np.zeros((height, width, 3), np.uint8) if "seg" in missing
+                else read_seg(root / paths.seg)),
     }
     if split == CAPTURED_SPLIT and index == INPUT_FRAME_INDEX:
         maps["albedo"] = read_image(root / ALBEDO_RELPATH)
@@ -466,18 +487,20 @@ def validate_subject(root: str | Path, max_off_palette_fraction: float = 0.0) ->
     config = _check_subject_json(report)
     num_betas = config.get("num_betas")
     num_expression = config.get("num_expression")
+    missing = config.get(MISSING_KEY, frozenset())
     _check_identity(report, num_betas)
     splits = list_splits(root)
     if CAPTURED_SPLIT not in splits:
         report.add(CAPTURED_SPLIT, "split", MISSING_SPLIT, "the captured split is missing")
-    if not any(is_generated(s) for s in splits):
+    if not any(is_generated(s) for s in splits) and "generated" not in missing:
         report.add(f"{GENERATED_PREFIX}0", "split", MISSING_SPLIT,
-                   "no generated_<k> split: training needs generated frames")
+                   "no generated_<k> split: training needs generated frames (or declare "
+                   "\"generated\" in subject.json \"missing\" to train on the input image alone)")
     for split in splits:
         indices = _check_frame_list(report, split)
         for index in indices:
             _check_frame(report, FramePaths(split, index), num_expression,
-                         max_off_palette_fraction)
+                         max_off_palette_fraction, missing)
     if CAPTURED_SPLIT in splits:
         _check_albedo(report)
     return report.problems
@@ -515,6 +538,12 @@ def _check_subject_json(report: _Report) -> dict[str, Any]:
                        f"got {value!r}")
         else:
             usable[key] = value
+    declared = data.get(MISSING_KEY, [])
+    if not isinstance(declared, list) or any(v not in MISSABLE for v in declared):
+        report.add(rel, MISSING_KEY, BAD_VALUE, f"expected a list of names from "
+                   f"{', '.join(MISSABLE)}, got {declared!r}")
+    else:
+        usable[MISSING_KEY] = frozenset(declared)
     return usable
 
 
@@ -571,7 +600,8 @@ def _check_size(report: _Report, rel: str, field: str, size_hw: tuple[int, ...],
 
 
 def _check_frame(report: _Report, paths: FramePaths, num_expression: int | None,
-                 max_off_palette_fraction: float) -> None:
+                 max_off_palette_fraction: float, missing: frozenset[str] = frozenset()
+                 ) -> None:
     image_hw: tuple[int, int] | None = None
     image = report.png(paths.image)
     if image is not None:
@@ -584,7 +614,7 @@ def _check_frame(report: _Report, paths: FramePaths, num_expression: int | None,
             report.add(paths.mask, "mode", BAD_IMAGE_MODE,
                        f"expected an 8-bit single-channel PNG (mode L), got {mask.mode}")
         _check_size(report, paths.mask, "size", (mask.height, mask.width), image_hw, paths.image)
-    seg = report.png(paths.seg)
+    seg = None if "seg" in missing else report.png(paths.seg)
     if seg is not None:
         _check_size(report, paths.seg, "size", (seg.height, seg.width), image_hw, paths.image)
         if seg.mode not in ("RGB", "RGBA"):
@@ -595,8 +625,10 @@ def _check_frame(report: _Report, paths: FramePaths, num_expression: int | None,
             if off > max_off_palette_fraction:
                 report.add(paths.seg, "colours", OFF_PALETTE,
                            f"{100 * off:.2f}% of pixels are not goliath palette colours")
-    _check_depth(report, paths.depth, image_hw, paths.image)
-    _check_normal(report, paths.normal, image_hw, paths.image)
+    if "depth" not in missing:
+        _check_depth(report, paths.depth, image_hw, paths.image)
+    if "normal" not in missing:
+        _check_normal(report, paths.normal, image_hw, paths.image)
     _check_camera(report, paths.camera, image_hw)
     _check_smplx(report, paths.smplx, num_expression)
 

@@ -24,6 +24,8 @@ Term names (the system logs each as ``train/loss/<name>``; a term of weight 0 is
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -125,6 +127,15 @@ class LossWeights:
             raise ValueError(f"LossWeights.coarse_sigma must be > 0 px and coarse_levels a "
                              f"whole number >= 1, got {self.coarse_sigma!r} and "
                              f"{self.coarse_levels!r}")
+
+
+def without_missing_maps(weights: LossWeights, missing: Iterable[str]
+                         ) -> tuple[LossWeights, list[str]]:
+    """(weights with the depth / normal / seg factors of the maps a subject declares missing set
+    to 0, the factors switched off). A term with an all-zero target would not be neutral: the
+    seg loss would pull rendered part colours, and through alpha the geometry, to black."""
+    off = [name for name in GEOMETRY_TERMS if name in set(missing) and getattr(weights, name) > 0]
+    return (dataclasses.replace(weights, **dict.fromkeys(off, 0.0)) if off else weights), off
 
 
 IMAGE_PARTS = ("l1", "ssim", "lpips")
