@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile viewer/package.json viewer/pac
 	# BlazePose .tflite files (Apache-2.0) for the light CPU prep stages, from the npm registry,
 	# sha256-checked (never at run time); without them the *_light.yaml stages say so
 	$(PY) -m data_prep.light_pose install weights/blazepose || echo "npm pack failed: configs/prep/*_light.yaml need weights/blazepose"
+	# the sports2d demo video (BSD-3, PyPI wheel, sha256-checked) for `persona track`'s real-video check
+	$(PY) -m persona.track.sports2d install weights/sports2d || echo "pip download sports2d failed: the track tests on weights/sports2d/demo.mp4 will skip"
 	# the web viewer's and the .spz writer's npm packages (pinned by viewer/package-lock.json) and
 	# Chromium for their browser test; without them `persona view`/.spz say so and their tests skip
 	(cd viewer && npm ci --no-audit --no-fund --loglevel=error) || echo "npm ci failed: persona view and .spz export need viewer/node_modules"

@@ -26,6 +26,7 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "export": ("persona.export.cli", "export_main",
                "export an avatar: 3DGS PLY/SPZ/npz, a PLY per frame, a bundle"),
     "animate": ("persona.export.cli", "animate_main", "render an avatar along a motion to mp4"),
+    "track": ("persona.track.cli", "main", "a video of a person -> a motion npz for `animate`"),
     "view": ("persona.export.viewer", "main",
              "write and serve a web viewer of an avatar (run, checkpoint or bundle)"),
     "prep": ("data_prep.cli", "main", "run a preprocessing stage over a subject (multi-GPU)"),
