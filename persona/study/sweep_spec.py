@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -265,13 +265,18 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+PATH_SUFFIX = re.compile(r"\.(ya?ml|json|npz)$")  # values named by their file stem in run names
+
+
 def run_name(point: Mapping[str, Any], varying: Sequence[str]) -> str:
     """A run's name from the values that differ between points: `mode=off_seed=1`
-    (the last part of each dotted key; the seed key as "seed")."""
+    (the last part of each dotted key; the seed key as "seed"; a path as its file stem)."""
     parts = []
     for key in varying:
         label = "seed" if key == SEED_KEY else key.split(".")[-1]
         text = value_text(point[key])
+        if isinstance(point[key], str) and ("/" in text or PATH_SUFFIX.search(text)):
+            text = PurePosixPath(text).stem  # a config fragment's path: its file name says it
         if isinstance(point[key], float):
             text = f"{point[key]:.4g}"
         parts.append(f"{label}={text[:NAME_VALUE_CHARS]}")

@@ -141,7 +141,11 @@ def test_runs_are_named_after_what_differs(tmp_path: Path):
     names = [run_name(p, spec.varying) for p in sweep_points(spec)]
     assert names[:4] == ["mode=mean_seed=0", "mode=mean_seed=1", "mode=mean_seed=2",
                          "mode=off_seed=0"]
-    assert run_name({"lr": 0.000123456, "x": "a/b c"}, ["lr", "x"]) == "lr=0.0001235_x=a-b-c"
+    assert run_name({"lr": 0.000123456, "x": "a b c"}, ["lr", "x"]) == "lr=0.0001235_x=a-b-c"
+    # a config fragment's path is named by its file stem (before, two long paths were cut to
+    # the same prefix and told apart only by a numeric suffix)
+    assert run_name({"config": "configs/ablation/image_weight_0.01.yaml"}, ["config"]) == (
+        "config=image_weight_0.01")
     assert unique_names(["a", "a", "b", "a"]) == ["a", "a-1", "b", "a-2"]
     points = plan(spec, tmp_path / "out")
     assert points[4].run_dir == tmp_path / "out" / "mode=off_seed=1"
