@@ -31,7 +31,6 @@ crop corners as pixel indices, so the convention is only good to about half a cr
 
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import subprocess
@@ -46,6 +45,7 @@ import cv2
 import numpy as np
 
 from data_prep.stage import NUM_KEYPOINTS, PrepStage, keypoints_to_json
+from persona.data.subject import file_sha256
 
 # ----------------------------------------------------------------------------------------------
 # Model files (npm package @mediapipe/pose, Apache-2.0)
@@ -644,13 +644,6 @@ class LightSegmentStage(_LightStage):
 # ----------------------------------------------------------------------------------------------
 # Install step (never at run time): python -m data_prep.light_pose install DEST
 # ----------------------------------------------------------------------------------------------
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def extract_models(tarball: str | Path, dest: str | Path) -> list[Path]:
     """Copy the model files out of the npm tarball into dest (sha256 checked, atomic renames)."""
@@ -665,7 +658,7 @@ def extract_models(tarball: str | Path, dest: str | Path) -> list[Path]:
             temporary = dest / f".{name}.tmp"
             with open(temporary, "wb") as handle:
                 shutil.copyfileobj(source, handle)
-            actual = sha256_of(temporary)
+            actual = file_sha256(temporary)
             if actual != expected:
                 temporary.unlink()
                 raise ValueError(f"{tarball}: {member} has sha256 {actual}, expected {expected}")
@@ -678,7 +671,8 @@ def install(dest: str | Path = DEFAULT_MODEL_DIR) -> list[Path]:
     """`npm pack` the pinned @mediapipe/pose release into a temporary folder and extract the
     models into dest. Files already there with the right sha256 are kept."""
     dest = Path(dest)
-    if all((dest / n).is_file() and sha256_of(dest / n) == h for n, (_, h) in MODEL_FILES.items()):
+    if all((dest / n).is_file() and file_sha256(dest / n) == h
+           for n, (_, h) in MODEL_FILES.items()):
         return [dest / n for n in MODEL_FILES]
     with tempfile.TemporaryDirectory() as folder:
         subprocess.run(["npm", "pack", "--silent", NPM_PACKAGE], cwd=folder, check=True,

@@ -24,7 +24,6 @@ its time; the times and the reprojection report are also written to ``prep_photo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from data_prep.init_subject import read_photo
 from persona.data.subject import (
     FORMAT_VERSION,
     FramePaths,
+    file_sha256,
     format_report,
     validate_subject,
     write_json,
@@ -57,7 +57,6 @@ PHOTO_LOG = "prep_photo.json"  # per-stage status and seconds, reprojection (sub
 MISSING_ON_CPU = ("depth", "normal", "seg", "generated")
 MASK_PROBABILITY = 0.5  # the BlazePose mask counts a pixel as person above this
 LANDMARK_VISIBLE = 0.5  # landmarks at or above this visibility bound the person's box
-HASH_BLOCK = 1 << 20  # bytes read at a time for the photo's sha256
 STAGING_SUFFIX = ".partial"  # `.SUBJECT.partial-PID`: the start stage's staging folder
 SMPLX_PATH_ENV = "PERSONA_SMPLX_PATH"  # where prep stages find real SMPL-X files
 QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric")  # info lines hidden between stages
@@ -217,13 +216,6 @@ def apply_crop(image: np.ndarray, crop: Crop) -> np.ndarray:
     return cv2.resize(region, crop.size, interpolation=interpolation)
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 # ----------------------------------------------------------------------------------------------
 # Stage 1: start (photo -> subject.json + captured image)
@@ -296,7 +288,7 @@ def start_subject(photo: Path, body: dict[str, Any], person_index: int | None,
     subject_json = {
         "format_version": FORMAT_VERSION, "name": None, "body": body,
         "source_photo": photo.name,
-        "photo": {"file": photo.name, "sha256": sha256_file(photo), "size": [width, height]},
+        "photo": {"file": photo.name, "sha256": file_sha256(photo), "size": [width, height]},
         "crop": crop.record((width, height)),
         "person": record,
         "missing": list(MISSING_ON_CPU),
@@ -346,7 +338,7 @@ def check_same_request(root: Path, photo: Path, body: dict[str, Any],
         raise ValueError(f"{config_path}: unreadable ({error}); pass --overwrite to start "
                          "again") from error
     recorded = config.get("photo", {}) if isinstance(config, dict) else {}
-    checks = (("photo.sha256", recorded.get("sha256"), sha256_file(photo)),
+    checks = (("photo.sha256", recorded.get("sha256"), file_sha256(photo)),
               ("person.requested_index", config.get("person", {}).get("requested_index"),
                person_index),
               ("body.kind", config.get("body", {}).get("kind"), body["kind"]),

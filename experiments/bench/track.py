@@ -21,6 +21,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,24 +35,11 @@ from persona.track.fit import fit_clip  # noqa: E402
 from persona.track.sports2d import video_path  # noqa: E402
 from persona.track.video import iter_frames, probe  # noqa: E402
 
-REFERENCE_SIZE = 512  # side of the reference matmul (experiments/bench/train_step.py's)
-REFERENCE_REPEATS = 50  # timed reference matmuls (median)
-REFERENCE_WARMUP = 3  # untimed reference matmuls first
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the reference matmul of experiments/bench/train_step.py: ratios comparable across benches
+from train_step import REFERENCE_SIZE, reference_seconds  # noqa: E402
+
 MS = 1000.0
-
-
-def reference_seconds(repeats: int = REFERENCE_REPEATS) -> float:
-    """Median seconds of a fixed float32 [512, 512] @ [512, 512] matmul."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.rand(REFERENCE_SIZE, REFERENCE_SIZE, generator=generator)
-    b = torch.rand(REFERENCE_SIZE, REFERENCE_SIZE, generator=generator)
-    times = []
-    for i in range(REFERENCE_WARMUP + repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if i >= REFERENCE_WARMUP:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def timed(function: Callable, sink: list[float]) -> Callable:

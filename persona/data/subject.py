@@ -11,6 +11,7 @@ The validator reports every problem it finds (file, field, message), not just th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -163,6 +164,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with open(tmp, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
+
+
+HASH_CHUNK_BYTES = 1 << 20  # read size of file_sha256
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

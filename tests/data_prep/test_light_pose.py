@@ -221,15 +221,27 @@ def test_real_photo_one_person_inside_its_mask(pose: lp.LightPose) -> None:
     assert 1.0 < extent < 2.2
 
 
+TWO_PEOPLE_SCALE = 0.8  # the second person: the same photo at this size
+TWO_PEOPLE_GAP = 40  # px of white between the two
+
+
+def two_people(image: np.ndarray) -> np.ndarray:
+    """The photo with a smaller copy of itself to its right, feet aligned, on white:
+    [H, W + gap + 0.8 W, 3] uint8 (the full-size person is on the left)."""
+    height, width = image.shape[:2]
+    size = (int(width * TWO_PEOPLE_SCALE), int(height * TWO_PEOPLE_SCALE))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    canvas = np.full((height, width + TWO_PEOPLE_GAP + small.shape[1], 3), 255, np.uint8)
+    canvas[:, :width] = image
+    canvas[height - small.shape[0]:, width + TWO_PEOPLE_GAP:] = small
+    return canvas
+
+
 @needs_models
 def test_real_two_people_largest_or_by_index() -> None:
     image = _photo()
-    height, width = image.shape[:2]
-    small = cv2.resize(image, (int(width * 0.8), int(height * 0.8)), interpolation=cv2.INTER_AREA)
-    gap = 40
-    canvas = np.full((height, width + gap + small.shape[1], 3), 255, np.uint8)
-    canvas[:, :width] = image
-    canvas[height - small.shape[0]:, width + gap:] = small
+    width, gap = image.shape[1], TWO_PEOPLE_GAP
+    canvas = two_people(image)
     pose = lp.LightPose(DETECTOR, LANDMARKER, min_detection_score=0.3)
     result = pose(canvas)
     assert len(result.people) == 2

@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_light_pose import DETECTOR, LANDMARKER, REAL_PHOTO, needs_models
+from test_light_pose import (
+    DETECTOR,
+    LANDMARKER,
+    REAL_PHOTO,
+    TWO_PEOPLE_GAP,
+    needs_models,
+    two_people,
+)
 
 from data_prep import photo as chain
 from data_prep.albedo import body_normal_map, drop_grazing
@@ -329,11 +336,8 @@ def test_two_people_the_choice_is_reported_and_recorded(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     image = rgb(REAL_PHOTO)
     height, width = image.shape[:2]
-    small = cv2.resize(image, (int(width * 0.8), int(height * 0.8)), interpolation=cv2.INTER_AREA)
-    gap = 40
-    canvas = np.full((height, width + gap + small.shape[1], 3), 255, np.uint8)
-    canvas[:, :width] = image
-    canvas[height - small.shape[0]:, width + gap:] = small
+    canvas = two_people(image)
+    gap = TWO_PEOPLE_GAP
     path = save_rgb(tmp_path / "two.png", canvas)
     config = str(photo_config(tmp_path, min_detection_score=0.3))
     status, out, _ = run_main([str(path), str(tmp_path / "largest"), "--config", config,

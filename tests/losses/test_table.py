@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from persona.losses.table import LossWeights, pixel_seam_weight, term_weights
+from persona.losses.table import LossWeights, pixel_seam_weight, term_weights, without_missing_maps
 
 # METHOD.md section 5: (input image, generated frame) weight of every term.
 EXPECTED = {
@@ -72,3 +72,15 @@ def test_overrides_flow_through_and_bad_values_rejected() -> None:
     assert table["depth_base"] == pytest.approx(0.02)
     with pytest.raises(ValueError, match="LossWeights.depth"):
         LossWeights(depth=-1.0)
+
+
+def test_missing_maps_switch_off_only_their_factors() -> None:
+    weights, off = without_missing_maps(LossWeights(), {"seg", "depth", "generated"})
+    assert off == ["depth", "seg"]  # table order; "generated" is not a loss factor
+    assert (weights.depth, weights.seg) == (0.0, 0.0)
+    changed = {f.name for f in dataclasses.fields(LossWeights)
+               if getattr(weights, f.name) != getattr(LossWeights(), f.name)}
+    assert changed == {"depth", "seg"}
+    same, none = without_missing_maps(LossWeights(normal=0.0), {"normal"})
+    assert none == [] and same == LossWeights(normal=0.0)  # already off: nothing to report
+    assert term_weights(weights, False)["seg_refined"] == 0.0

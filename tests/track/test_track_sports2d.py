@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from persona.data.subject import file_sha256
 from persona.track import sports2d
 
 
@@ -27,5 +28,5 @@ def test_a_wheel_with_another_sha256_is_refused_and_nothing_written(tmp_path: Pa
                            "install weights/sports2d)")
 def test_the_installed_video_is_the_pinned_one() -> None:
     video = sports2d.video_path(Path(__file__).resolve().parents[2] / sports2d.DEFAULT_DIR)
-    assert sports2d.sha256_of(video) == sports2d.VIDEO_SHA256
+    assert file_sha256(video) == sports2d.VIDEO_SHA256
     assert (video.parent / sports2d.LICENSE_NAME).read_text().startswith("BSD")
