@@ -1,0 +1,76 @@
+"""The deformer's output split into its mean over the training poses and the rest, against the
+truth split the same way, per garment part of a synthetic subject's run.
+
+metrics.json's ``deformer_correlation`` compares the deformer's whole output with the truth minus
+its training mean; a deformer that carries part of the mean offset reads negative there even when
+its pose dependence is right. This prints, per part: the deformer's mean over the training poses
+(mm) and its cosine with the truth's training mean, and the Pearson correlation, over the test
+poses, of (deformer minus its own training mean) with (truth minus the truth's training mean).
+
+    .venv/bin/python experiments/deformer_split.py RUN_DIR [--poses 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deformer_diagnostics import (  # noqa: E402
+    CONFIG_NAME,
+    load_system,
+    resolve_run,
+    resolve_subject,
+    test_poses,
+)
+
+from persona.metrics.deformation import (  # noqa: E402
+    MM_PER_M,
+    build_truth,
+    match_system,
+    model_offsets,
+    pearson,
+    static_offset,
+)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--poses", type=int, default=20, help="training poses evaluated")
+    args = parser.parse_args(argv)
+    run = resolve_run(args.run_dir)
+    settings = yaml.safe_load((run / CONFIG_NAME).read_text())
+    subject = resolve_subject(run, settings, None)
+    system, dm = load_system(run, subject)
+    poses, _ = test_poses(dm)
+    truth = build_truth(subject, poses, max_poses=args.poses)
+    index, _ = match_system(system, truth)
+    with torch.no_grad():
+        train = model_offsets(system, truth.poses["train"], index)  # [K, M, 3]
+        test = model_offsets(system, truth.poses["test"], index)  # [T, M, 3]
+        static = static_offset(system).detach()[index]  # [M, 3]
+    report = {}
+    for name, mask in truth.regions.items():
+        own_mean = train[:, mask].mean(0)  # [G, 3]
+        true_mean = truth.train_mean[mask]
+        report[name] = {
+            "deformer_train_mean_mm": float(own_mean.norm(dim=-1).mean()) * MM_PER_M,
+            "truth_train_mean_mm": float(true_mean.norm(dim=-1).mean()) * MM_PER_M,
+            "static_mm": float(static[mask].norm(dim=-1).mean()) * MM_PER_M,
+            "cosine_deformer_mean_truth_mean": float(torch.nn.functional.cosine_similarity(
+                own_mean.flatten(), true_mean.flatten(), dim=0)),
+            "test_correlation_pose_parts": pearson(test[:, mask] - own_mean,
+                                                   truth.offsets["test"][:, mask] - true_mean),
+        }
+    print(json.dumps({"run": str(run), "poses": args.poses, "parts": report}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
