@@ -8,7 +8,11 @@ stands for the runs below it (a sweep's folder), up to RUN_SEARCH_DEPTH levels d
 
 Runs are grouped by config keys: `--by KEY` (dotted, repeatable), else every key whose value
 differs between the runs except the seed and the keys that only say where a run lives
-(LOCATION_LEAVES). Per group: mean and sample std over its runs (seeds) of each test metric;
+(LOCATION_LEAVES). `--by config` groups by the config files a run's command layered
+(`--config` in RUN/trial.json, written by `persona trial` and so by every sweep point): by the
+stems of the files not every compared run layered, "(base)" for a run with none of those; a
+fragment is not a key of the resolved config, so this is how a sweep over fragments is told
+apart. Per group: mean and sample std over its runs (seeds) of each test metric;
 with `--baseline GROUP` each group's difference to that group in pooled seed stds. Written to
 --out (default ./compare), each file atomically:
   compare.md        the group table (mean ± std), the baseline differences, skipped runs;
@@ -61,14 +65,20 @@ SEED_KEY = "seed_everything"
 LOCATION_LEAVES = frozenset({"default_root_dir", "subject_dir", "ckpt_path", "save_dir",
                              "dirpath", "cache_dir", "log_dir"})
 UNSET = "(unset)"  # the value shown for a key a run's config does not have
+TRIAL_NAME = "trial.json"  # written by `persona trial`: its "args" hold the command's --config
+FRAGMENT_KEY = "config"  # --by this: the config files a run layered (as a sweep's parameter)
+BASE_FRAGMENTS = "(base)"  # a run that layered only the files every compared run layered
 ALL_RUNS_LABEL = "all runs"  # the one group's label when no key tells the runs apart
 # metrics.json "deformation" sections (persona/metrics/deformation.py) -> flat name prefix,
 # and the keys of each taken into the table (as experiments/ablations.py does)
-DEFORMATION_SECTIONS = {"garment": "deform", "train_garment": "train_deform"}
 # canonical-space offset errors, and the world-space error of the posed garment (what the
 # skinned avatar shows; the canonical ones carry the skinning floor, docs/ABLATIONS.md)
 DEFORMATION_KEYS = ("total_error_mm", "deformer_error_mm", "deformer_correlation",
                     "world_error_mm")
+REGION_KEYS = ("world_error_mm",)  # of each garment part (skirt, sleeves) in the test poses
+DEFORMATION_SECTIONS = {"garment": ("deform", DEFORMATION_KEYS),
+                        "train_garment": ("train_deform", DEFORMATION_KEYS),
+                        "skirt": ("skirt", REGION_KEYS), "sleeves": ("sleeves", REGION_KEYS)}
 # metric -> (higher is better, printed digits); others: no direction, DEFAULT_DIGITS
 KNOWN_METRICS: dict[str, tuple[bool, int]] = {
     "psnr": (True, 2), "ssim": (True, 4), "lpips": (False, 4), "mask_iou": (True, 2),
@@ -78,6 +88,7 @@ KNOWN_METRICS: dict[str, tuple[bool, int]] = {
     "deform_world_error_mm": (False, 2),
     "train_deform_total_error_mm": (False, 2), "train_deform_deformer_error_mm": (False, 2),
     "train_deform_deformer_correlation": (True, 3), "train_deform_world_error_mm": (False, 2),
+    "skirt_world_error_mm": (False, 2), "sleeves_world_error_mm": (False, 2),
 }
 DEFAULT_DIGITS = 4
 DEFAULT_CURVES = ("train/loss", "val/psnr")  # the loss total and the validation PSNR
@@ -161,6 +172,7 @@ class Run:
     config: dict
     metrics: dict[str, float]
     seed: Any = None
+    fragments: tuple[str, ...] | None = None  # its command's --config files (None: no trial.json)
     group: str = ""
     values: dict[str, str] = field(default_factory=dict)  # grouping key -> shown value
 
@@ -217,14 +229,14 @@ def expand_patterns(patterns: Sequence[str]) -> tuple[list[Path], list[str], lis
 
 
 def flat_test_metrics(report: dict) -> dict[str, float]:
-    """metrics.json's "mean" metrics and its deformation section's DEFORMATION_KEYS (as
+    """metrics.json's "mean" metrics and the DEFORMATION_SECTIONS keys of its deformation part (as
     "<prefix>_<key>"), finite numbers only."""
     values: dict[str, Any] = dict(report.get("mean") or {})
     deformation = report.get("deformation") or {}
     if isinstance(deformation, dict):
-        for section, prefix in DEFORMATION_SECTIONS.items():
+        for section, (prefix, keys) in DEFORMATION_SECTIONS.items():
             part = deformation.get(section)
-            for key in DEFORMATION_KEYS:
+            for key in keys:
                 if isinstance(part, dict) and key in part:
                     values[f"{prefix}_{key}"] = part[key]
     return {name: float(value) for name, value in values.items()
@@ -258,7 +270,29 @@ def load_run(folder: Path) -> Run | Skipped:
     if not isinstance(report, dict) or not isinstance(report.get("mean"), dict):
         return Skipped(str(folder), f"{METRICS_NAME}: no \"mean\" metrics (not written by "
                                     "`persona test`)")
-    return Run(folder, config, flat_test_metrics(report), seed=config.get(SEED_KEY))
+    return Run(folder, config, flat_test_metrics(report), seed=config.get(SEED_KEY),
+               fragments=command_fragments(folder))
+
+
+def config_files(args: Sequence[str]) -> tuple[str, ...]:
+    """The files a command line layers with `--config FILE` / `--config=FILE`, in order."""
+    files: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(str(args[i + 1]))
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return tuple(files)
+
+
+def command_fragments(folder: Path) -> tuple[str, ...] | None:
+    """The --config files of the command in RUN/trial.json; None without a readable one."""
+    try:
+        trial = json.loads((folder / TRIAL_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    args = trial.get("args") if isinstance(trial, dict) else None
+    return config_files(args) if isinstance(args, list) else None
 
 
 # ---------------------------------------------------------------------------- grouping
@@ -312,10 +346,32 @@ def differing_keys(configs: Sequence[dict]) -> list[str]:
             and len({show_value(f.get(key, UNSET)) for f in flats}) > 1]
 
 
-def check_keys(keys: Sequence[str], configs: Sequence[dict]) -> None:
-    """UserError for a --by key no run's config has (with the nearest keys)."""
+def fragment_values(runs: Sequence[Run]) -> dict[Path, str]:
+    """run path -> the stems (joined by "+") of the config files its command layered that not
+    every run layered; BASE_FRAGMENTS when none; UNSET without trial.json."""
+    known = [set(r.fragments) for r in runs if r.fragments is not None]
+    shared = set.intersection(*known) if known else set()
+    values = {}
+    for run in runs:
+        if run.fragments is None:
+            values[run.path] = UNSET
+            continue
+        own = [Path(f).stem for f in run.fragments if f not in shared]
+        values[run.path] = "+".join(own) or BASE_FRAGMENTS
+    return values
+
+
+def check_keys(keys: Sequence[str], configs: Sequence[dict], runs: Sequence[Run] = ()) -> None:
+    """UserError for a --by key no run's config has (with the nearest keys); --by config
+    needs a run with trial.json."""
     known = {k for c in configs for k in flatten(c)}
     for key in keys:
+        if key == FRAGMENT_KEY:
+            if not any(r.fragments is not None for r in runs):
+                raise UserError(f"--by {FRAGMENT_KEY}: no run has {TRIAL_NAME} (written by "
+                                f"`persona trial`, which sweeps run) to read its --config "
+                                f"files from")
+            continue
         if all(config_value(c, key) is UNSET for c in configs):
             near = nearest_keys(key, known)
             hint = f"; did you mean {' or '.join(near)}?" if near else ""
@@ -338,8 +394,10 @@ def group_label(values: dict[str, str]) -> str:
 def assign_groups(runs: list[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
     """{group label: runs (seed order)}; groups sorted by their values; sets run.group and
     run.values."""
+    fragments = fragment_values(runs) if FRAGMENT_KEY in keys else {}
     for run in runs:
-        run.values = {key: show_value(config_value(run.config, key)) for key in keys}
+        run.values = {key: fragments[run.path] if key == FRAGMENT_KEY
+                      else show_value(config_value(run.config, key)) for key in keys}
         run.group = group_label(run.values)
     ordered = sorted(runs, key=lambda r: ([natural(r.values[k]) for k in keys], natural(
         show_value(r.seed)), str(r.path)))
@@ -782,7 +840,7 @@ def build_comparison(patterns: Sequence[str], by: Sequence[str] = (),
     configs = [run.config for run in runs]
     differing = differing_keys(configs)
     if by:
-        check_keys(by, configs)
+        check_keys(by, configs, runs)
         keys, other = list(by), [k for k in differing if k not in by]
     else:
         keys, other = differing, []
@@ -840,8 +898,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders, folders holding runs, or glob patterns (quoted "
                              "patterns are expanded here)")
     parser.add_argument("--by", action="append", default=[], metavar="KEY",
-                        help="group by this dotted config key (repeatable); default: every key "
-                             "that differs between the runs except the seed and locations")
+                        help="group by this dotted config key (repeatable); `config`: by the "
+                             "config files each run's command layered (trial.json); default: "
+                             "every key that differs between the runs except the seed and "
+                             "locations")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default "
                                                            f"./{DEFAULT_OUT})")
     parser.add_argument("--metrics", type=comma_list, default=None, metavar="A,B",

@@ -169,6 +169,40 @@ def test_by_groups_by_the_given_keys_and_names_the_others(study: Path, tmp_path:
         build_comparison([str(study)], by=["model.deformer.mdoe"])
 
 
+def test_by_config_groups_by_the_fragments_each_command_layered(tmp_path: Path):
+    """A sweep over config fragments (experiments/sweeps/paper_ablations.yaml) is grouped by the
+    fragment stems read from trial.json; the files every run layered are left out; region world
+    errors are columns."""
+    root = tmp_path / "sweep"
+    fragments = {"base": [], "seams_off": ["configs/ablation/seams_off.yaml"],
+                 "both": ["configs/ablation/seams_off.yaml", "x/image_weight_1.yaml"]}
+    for name, extra in fragments.items():
+        for seed in (0, 1):
+            run = fake_run(root, f"{name}_s{seed}", seed, "mean", 20.0 + seed + len(extra), 0.9,
+                           extra=None)
+            report = json.loads((run / "metrics.json").read_text())
+            report["deformation"]["skirt"] = {"world_error_mm": 30.0 + len(extra)}
+            (run / "metrics.json").write_text(json.dumps(report))
+            args = ["--config", "configs/demo.yaml", *[f"--config={f}" for f in extra],
+                    f"--seed_everything={seed}"]
+            (run / "trial.json").write_text(json.dumps({"args": args}))
+    # the resolved configs are identical: only the fragments tell the runs apart
+    assert build_comparison([str(root)]).keys == []
+    by = build_comparison([str(root)], by=["config"], baseline="(base)")
+    assert list(by.groups) == ["config=(base)", "config=seams_off",
+                               "config=seams_off+image_weight_1"]
+    assert by.summary["config=seams_off"]["psnr"]["mean"] == pytest.approx(21.5)
+    assert by.summary["config=seams_off+image_weight_1"]["skirt_world_error_mm"]["mean"] == 32.0
+    assert by.differences["config=seams_off"]["psnr"][0] == pytest.approx(1.0)
+    # a run without trial.json has no known fragments
+    (root / "base_s1" / "trial.json").unlink()
+    assert "config=(unset)" in build_comparison([str(root)], by=["config"]).groups
+    for run in root.iterdir():
+        (run / "trial.json").unlink(missing_ok=True)
+    with pytest.raises(UserError, match=r"--by config: no run has trial\.json"):
+        build_comparison([str(root)], by=["config"])
+
+
 def test_baseline_difference_in_pooled_seed_stds(study: Path, tmp_path: Path):
     out = tmp_path / "out"
     assert compare.main([str(study), "--baseline", "mean", "--out", str(out)]) == 0
