@@ -78,6 +78,36 @@ def _load(name: str):
     return module
 
 
+def test_split_separates_a_carried_mean_from_the_pose_dependence() -> None:
+    """experiments/deformer_split.py: a deformer that carries the truth's whole offset (mean
+    included, static 0) has pose parts that correlate +1 with the truth's, where metrics.json's
+    deformer_correlation (whole output against truth minus its mean) reads less; an inverted
+    pose part reads -1; a pose-blind one has no correlation."""
+    split = _load("deformer_split")
+    generator = torch.Generator().manual_seed(3)
+    sag = torch.randn(9, 3, generator=generator) * 0.03  # a per-Gaussian mean offset (~50 mm)
+    truth = torch.randn(6, 9, 3, generator=generator) * 0.01 + sag  # [K, M, 3]
+    held_out = torch.randn(4, 9, 3, generator=generator) * 0.01 + sag  # [T, M, 3]
+    mean = truth.mean(0)
+    regions = {"garment": torch.ones(9, dtype=torch.bool),
+               "part": torch.arange(9) < 5}
+    carried = split.split_report(truth, held_out, torch.zeros(9, 3), mean, held_out, regions)
+    for name in regions:
+        assert carried[name]["test_correlation_pose_parts"] == pytest.approx(1.0)
+        assert carried[name]["cosine_deformer_mean_truth_mean"] == pytest.approx(1.0)
+        assert carried[name]["deformer_train_mean_mm"] == pytest.approx(
+            carried[name]["truth_train_mean_mm"])
+    whole = diag.pearson(held_out, held_out - mean)
+    assert whole < 0.5 * carried["garment"]["test_correlation_pose_parts"]
+    inverted = split.split_report(2 * mean - truth, 2 * mean - held_out, mean, mean, held_out,
+                                  regions)
+    assert inverted["garment"]["test_correlation_pose_parts"] == pytest.approx(-1.0)
+    assert inverted["part"]["static_mm"] == pytest.approx(diag.mean_mm(mean[:5]), rel=1e-5)
+    blind = split.split_report(torch.zeros_like(truth), torch.zeros_like(held_out), mean, mean,
+                               held_out, regions)
+    assert math.isnan(blind["garment"]["test_correlation_pose_parts"])
+
+
 def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     subject = tmp_path / "subject"
@@ -136,4 +166,29 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     lookup = skinning.measure(run, None, 3, "train")  # the run's skinning volume
     for name in ("no_offset", "truth_offsets_relookup", "truth_offsets_fixed_weights"):
         assert math.isfinite(lookup["garment"][name]["mean_mm"]), name
+
+    # experiments/deformer_split.py: every garment part of the synth, finite numbers
+    capsys.readouterr()
+    assert _load("deformer_split").main([str(run), "--poses", "4"]) == 0
+    parts = json.loads(capsys.readouterr().out)["parts"]
+    assert set(parts) == set(regions)
+    assert parts["garment"]["truth_train_mean_mm"] > 1.0
+
+    # experiments/deformer_finetune.py: the deformer alone, reset to zero, the static offset set
+    # to the truth's training mean; the avatar stays frozen
+    out = tmp_path / "finetune.json"
+    assert _load("deformer_finetune").main([str(run), "--static", "truth", "--reset",
+                                            "--steps", "2", "--every", "2", "--lr-scale", "10",
+                                            "--out", str(out)]) == 0
+    curve = json.loads(out.read_text())["curve"]
+    assert [entry["step"] for entry in curve] == [0, 2]
+    start, end = curve[0]["garment"], curve[1]["garment"]
+    # reset: refined = base; static = truth mean: its canonical error is the pose part's size
+    assert start["world_error_mm"] == pytest.approx(start["world_static_only_error_mm"])
+    train_start = curve[0]["train_garment"]
+    assert train_start["total_error_mm"] == pytest.approx(train_start["deformer_zero_error_mm"],
+                                                          abs=1e-3)
+    # frozen avatar: the base render's error is unchanged; the trained deformer moved refined
+    assert end["world_static_only_error_mm"] == pytest.approx(start["world_static_only_error_mm"])
+    assert end["world_error_mm"] != pytest.approx(start["world_error_mm"], abs=1e-3)
 

@@ -1,0 +1,160 @@
+"""Can the training losses teach the pose deformer the garment when nothing else can move?
+
+Issue 12's fits never learn the skirt's pose dependence, and the static offset, colours and
+per-frame SMPL-X are trained jointly with the deformer, so they may absorb what the deformer
+should explain. This separates the two: a trained run on a synthetic subject is loaded, every
+parameter but the deformer's is frozen (avatar, per-frame SMPL-X), optionally the static offset
+of the garment Gaussians is set to the truth's training mean (`--static truth`) and the
+deformer's output layer to zero (`--reset`), and the deformer alone is trained for `--steps`
+Adam steps on the generated frames with the run's own training loss (or only the terms named in
+`--terms`). Every `--every` steps (and at the end) the deformation metrics of `persona test`
+(persona/metrics/deformation.py) are recorded on the test and training poses.
+
+If the deformer learns the pose dependence here (its correlation with the pose-dependent truth
+rises, its world error in the held-out poses falls below the static-only one), the joint
+optimisation is what hides it in a fit; if it does not, the losses do not carry the signal.
+
+    .venv/bin/python experiments/deformer_finetune.py RUN_DIR [--static truth] [--reset]
+        [--steps 200] [--every 50] [--terms image_refined,mask_refined] [--lr-scale 1]
+        [--out curve.json]
+
+Prints (and writes to --out) JSON: the settings and, per evaluation step, the garment, skirt
+and sleeve sections' world_error_mm / world_static_only_error_mm / world_zero_offset_error_mm
+(test poses), their train_* counterparts and the deformer correlation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deformer_diagnostics as diag  # noqa: E402
+from deformer_gradients import load_probe  # noqa: E402
+
+REPORT_KEYS = ("world_error_mm", "world_static_only_error_mm", "world_zero_offset_error_mm",
+               "total_error_mm", "deformer_error_mm", "deformer_zero_error_mm",
+               "deformer_correlation")
+
+
+def test_poses(subject: Path, num_expression: int) -> list:
+    """The poses of the subject's test split (batch 1 each)."""
+    from persona.data.subject import read_frame_records
+
+    return [r.pose for r in read_frame_records(subject, ["test"], num_expression)]
+
+
+def compact(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The sections of a deformation report, restricted to REPORT_KEYS, rounded."""
+    return {section: {k: round(float(v[k]), 3) for k in REPORT_KEYS if k in v}
+            for section, v in report.items() if isinstance(v, dict)}
+
+
+def freeze_all_but_deformer(system: Any) -> list[torch.nn.Parameter]:
+    """requires_grad False on every parameter outside system.deformer; its parameters."""
+    for p in system.parameters():
+        p.requires_grad_(False)
+    params = list(system.deformer.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--static", choices=("learned", "truth", "zero"), default="learned",
+                        help="static offset of the garment Gaussians: the run's, the truth's "
+                             "training mean, or 0")
+    parser.add_argument("--reset", action="store_true", help="zero the deformer's output layer")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--terms", default="", help="comma-separated terms to keep (default all)")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="x the run's triplane / MLP learning rates")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from persona.data.datamodule import collate_frames
+    from persona.losses import terms as loss_terms
+    from persona.metrics import deformation as D
+
+    probe = load_probe(args.run_dir, args.subject)
+    system, dataset = probe.system, probe.dataset
+    run = diag.resolve_run(args.run_dir)
+    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
+    subject = diag.resolve_subject(run, settings, args.subject)
+    truth = D.build_truth(subject, test_poses(subject, system.body.num_expression),
+                          max_poses=24)
+    matched = D.match_system(system, truth)
+    with torch.no_grad():
+        if args.static != "learned":
+            target = probe.mean_truth[probe.garment] if args.static == "truth" else 0.0
+            system.avatar.mean_offset[probe.rows] = target
+        if args.reset:
+            system.deformer.output_layer.weight.zero_()
+            system.deformer.output_layer.bias.zero_()
+    params = freeze_all_but_deformer(system)
+    lr = system.optim_cfg.mlp * args.lr_scale
+    optimiser = torch.optim.Adam(params, lr=lr, eps=system.optim_cfg.adam_eps)
+    keep = {t for t in args.terms.split(",") if t}
+    original_total = loss_terms.total_loss
+
+    def total(terms: dict) -> torch.Tensor:
+        if keep:
+            terms = {k: v for k, v in terms.items() if k in keep}
+        return original_total(terms)
+
+    generated = [row for row, rec in enumerate(dataset.frames) if not rec.is_input]
+    generator = torch.Generator().manual_seed(args.seed)
+    system.log = lambda *a, **k: None
+    curve = []
+
+    def evaluate(step: int) -> None:
+        system.eval()
+        entry = {"step": step, **compact(D.deformation_report(system, truth, matched))}
+        system.train()
+        curve.append(entry)
+        g, tg = entry.get("garment", {}), entry.get("train_garment", {})
+        print(f"step {step}: garment world test {g.get('world_error_mm')} "
+              f"(static-only {g.get('world_static_only_error_mm')}, zero "
+              f"{g.get('world_zero_offset_error_mm')}), train {tg.get('world_error_mm')}, "
+              f"corr test {g.get('deformer_correlation')} train "
+              f"{tg.get('deformer_correlation')}", file=sys.stderr, flush=True)
+
+    evaluate(0)
+    loss_terms.total_loss = total
+    try:
+        for step in range(1, args.steps + 1):
+            row = generated[int(torch.randint(len(generated), (1,), generator=generator))]
+            loss = system.training_step(collate_frames([dataset[row]]), step)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if step % args.every == 0 or step == args.steps:
+                loss_terms.total_loss = original_total
+                evaluate(step)
+                loss_terms.total_loss = total
+    finally:
+        loss_terms.total_loss = original_total
+    result = {"run": str(args.run_dir), "static": args.static, "reset": args.reset,
+              "steps": args.steps, "terms": sorted(keep) or "all", "lr": lr, "curve": curve}
+    text = json.dumps(result, indent=1)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
