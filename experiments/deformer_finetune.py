@@ -14,9 +14,19 @@ If the deformer learns the pose dependence here (its correlation with the pose-d
 rises, its world error in the held-out poses falls below the static-only one), the joint
 optimisation is what hides it in a fit; if it does not, the losses do not carry the signal.
 
+`--per-frame N` asks the same of a single frame with no deformer at all: on each of the N
+generated frames with the largest true pose-dependent offset, a free canonical offset per garment
+Gaussian (in place of the deformer's output, starting at 0, static offset as chosen) is optimised
+on that frame alone for `--steps` steps, with Adam at `--lr` (the per-coordinate step the fits
+use) or `--optimiser normalised` (gradient descent whose largest per-Gaussian step is `--lr`
+metres). Recorded every `--every` steps: its mean distance (mm) to the truth's pose-dependent
+offset in that frame and its cosine with it.
+
     .venv/bin/python experiments/deformer_finetune.py RUN_DIR [--static truth] [--reset]
         [--steps 200] [--every 50] [--terms image_refined,mask_refined] [--lr-scale 1]
         [--out curve.json]
+    .venv/bin/python experiments/deformer_finetune.py RUN_DIR --static truth --per-frame 3
+        [--optimiser adam|normalised] [--lr 1e-3] [--steps 150] [--terms ...]
 
 Prints (and writes to --out) JSON: the settings and, per evaluation step, the garment, skirt
 and sleeve sections' world_error_mm / world_static_only_error_mm / world_zero_offset_error_mm
@@ -80,6 +90,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lr-scale", type=float, default=1.0,
                         help="x the run's triplane / MLP learning rates")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-frame", type=int, default=0, metavar="N",
+                        help="free per-frame offsets on the N frames with the largest truth")
+    parser.add_argument("--optimiser", choices=("adam", "normalised"), default="adam")
+    parser.add_argument("--lr", type=float, default=1e-3, help="--per-frame step size")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from persona.data.datamodule import collate_frames
@@ -102,15 +116,19 @@ def main(argv: list[str]) -> int:
             system.deformer.output_layer.weight.zero_()
             system.deformer.output_layer.bias.zero_()
     params = freeze_all_but_deformer(system)
+    keep = {t for t in args.terms.split(",") if t}
+    if args.per_frame:
+        for p in params:
+            p.requires_grad_(False)
+        frames = per_frame_fits(probe, keep, args.per_frame, args.steps, args.every,
+                                args.optimiser, args.lr, system.optim_cfg.adam_eps)
+        return write_result({"run": str(args.run_dir), "static": args.static,
+                             "per_frame": frames, "optimiser": args.optimiser, "lr": args.lr,
+                             "steps": args.steps, "terms": sorted(keep) or "all"}, args.out)
     lr = system.optim_cfg.mlp * args.lr_scale
     optimiser = torch.optim.Adam(params, lr=lr, eps=system.optim_cfg.adam_eps)
-    keep = {t for t in args.terms.split(",") if t}
     original_total = loss_terms.total_loss
-
-    def total(terms: dict) -> torch.Tensor:
-        if keep:
-            terms = {k: v for k, v in terms.items() if k in keep}
-        return original_total(terms)
+    total = kept_total(keep, original_total)
 
     generated = [row for row, rec in enumerate(dataset.frames) if not rec.is_input]
     generator = torch.Generator().manual_seed(args.seed)
@@ -144,14 +162,88 @@ def main(argv: list[str]) -> int:
                 loss_terms.total_loss = total
     finally:
         loss_terms.total_loss = original_total
-    result = {"run": str(args.run_dir), "static": args.static, "reset": args.reset,
-              "steps": args.steps, "terms": sorted(keep) or "all", "lr": lr, "curve": curve}
+    return write_result({"run": str(args.run_dir), "static": args.static, "reset": args.reset,
+                         "steps": args.steps, "terms": sorted(keep) or "all", "lr": lr,
+                         "curve": curve}, args.out)
+
+
+def kept_total(keep: set[str], original: Any) -> Any:
+    """total_loss over only the terms in `keep` (all when empty)."""
+    def total(terms: dict) -> torch.Tensor:
+        return original({k: v for k, v in terms.items() if not keep or k in keep})
+    return total
+
+
+def per_frame_fits(probe: Any, keep: set[str], frames: int, steps: int, every: int,
+                   optimiser: str, lr: float, eps: float) -> list[dict[str, Any]]:
+    """Free offsets of the garment Gaussians fitted to single frames (the module docstring)."""
+    from persona.avatar.deformer import DeformerOutput
+    from persona.data.datamodule import collate_frames
+    from persona.losses import terms as loss_terms
+
+    system, rows, garment = probe.system, probe.rows, probe.garment
+    system.log = lambda *a, **k: None
+    original_forward, original_total = system.deformer.forward, loss_terms.total_loss
+    results = []
+    for row, t in probe.picks[:frames]:
+        wanted = (probe.truth[t] - probe.mean_truth)[garment]  # [G, 3] the pose part
+        free = torch.zeros_like(wanted, requires_grad=True)
+        adam = torch.optim.Adam([free], lr=lr, eps=eps) if optimiser == "adam" else None
+
+        def forward(*a: Any, _free: torch.Tensor = free, **k: Any) -> DeformerOutput:
+            out = original_forward(*a, **k)
+            offset = torch.zeros_like(out.mean_offset).index_put(
+                (torch.zeros_like(rows), rows), _free)  # [1, N, 3]
+            return DeformerOutput(offset, out.scale_offset, out.rgb_offset)
+
+        batch = collate_frames([probe.dataset[row]])
+        trace = []
+        system.deformer.forward = forward
+        loss_terms.total_loss = kept_total(keep, original_total)
+        try:
+            for step in range(steps + 1):
+                if step % every == 0 or step == steps:
+                    with torch.no_grad():
+                        trace.append({"step": step, "error_mm": mean_mm_of(free - wanted),
+                                      "cosine": float(torch.nn.functional.cosine_similarity(
+                                          free.flatten(), wanted.flatten(), dim=0)),
+                                      "offset_mm": mean_mm_of(free)})
+                if step == steps:
+                    break
+                loss = system.training_step(batch, 0)
+                free.grad = None
+                loss.backward()
+                if adam is not None:
+                    adam.step()
+                else:
+                    with torch.no_grad():
+                        largest = free.grad.norm(dim=-1).max().clamp(min=1e-30)
+                        free -= lr * free.grad / largest
+        finally:
+            system.deformer.forward = original_forward
+            loss_terms.total_loss = original_total
+        results.append({"row": row, "pose": t, "truth_pose_part_mm": mean_mm_of(wanted),
+                        "trace": trace})
+        print(f"frame {row}: truth pose part {mean_mm_of(wanted):.2f} mm -> "
+              + ", ".join(f"{e['step']}: {e['error_mm']:.2f} mm (cos {e['cosine']:+.3f})"
+                          for e in trace), file=sys.stderr, flush=True)
+    return results
+
+
+def mean_mm_of(vectors: torch.Tensor) -> float:
+    from persona.metrics.deformation import mean_mm
+
+    return mean_mm(vectors.detach())
+
+
+def write_result(result: dict[str, Any], out: Path | None) -> int:
+    """Print the JSON; also write it to `out` (atomically) when given."""
     text = json.dumps(result, indent=1)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
         tmp.write_text(text)
-        tmp.replace(args.out)
+        tmp.replace(out)
     print(text)
     return 0
 

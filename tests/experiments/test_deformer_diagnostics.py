@@ -191,4 +191,12 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     # frozen avatar: the base render's error is unchanged; the trained deformer moved refined
     assert end["world_static_only_error_mm"] == pytest.approx(start["world_static_only_error_mm"])
     assert end["world_error_mm"] != pytest.approx(start["world_error_mm"], abs=1e-3)
+    # --per-frame: free offsets on one frame start at 0 (error = the truth's pose part) and move
+    capsys.readouterr()
+    assert _load("deformer_finetune").main([str(run), "--static", "truth", "--per-frame", "1",
+                                            "--steps", "2", "--every", "1"]) == 0
+    frame = json.loads(capsys.readouterr().out)["per_frame"][0]
+    assert [e["step"] for e in frame["trace"]] == [0, 1, 2]
+    assert frame["trace"][0]["error_mm"] == pytest.approx(frame["truth_pose_part_mm"])
+    assert frame["trace"][0]["offset_mm"] == 0.0 < frame["trace"][-1]["offset_mm"]
 
