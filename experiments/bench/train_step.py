@@ -53,6 +53,10 @@ ratio to a reference measured in the same run (the median time of a fixed float3
 just before each step kind's measured steps, and once before and after the whole run), so
 figures compare across machines. No figure here is an assertion.
 
+--set KEY VALUE (repeatable) overrides a setting of configs/demo.yaml as `persona fit --KEY VALUE`
+does (recorded in the JSON); e.g. `--set model.skinning.method volume` times the authors' volume
+lookup.
+
 --smoke: a tiny procedural subject (persona.data.synth, preset tiny) in a temporary folder, 1
 warm-up + 2 steps per kind; for tests.
 """
@@ -77,7 +81,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -423,15 +427,18 @@ def measure_kind(system: Any, optimiser: torch.optim.Optimizer, batches: list[di
 
 
 # ---------------------------------------------------------------------------- building
-def build_system(subject: Path, level: int) -> tuple[Any, Any]:
+def build_system(subject: Path, level: int, overrides: Sequence[tuple[str, str]] = ()
+                 ) -> tuple[Any, Any]:
     """(PersonaSystem built on CPU, its data module) from configs/demo.yaml (over base.yaml)
-    with model.subdivision_levels = level and data.subject_dir = subject, as `persona fit`
-    parses it. The CLI's Trainer applies trainer.deterministic (torch's global flag)."""
+    with model.subdivision_levels = level, data.subject_dir = subject and each (key, value) of
+    overrides (as `persona fit --key value`), as `persona fit` parses it. The CLI's Trainer
+    applies trainer.deterministic (torch's global flag)."""
     from persona.lightning_cli import run_lightning_cli
 
+    extra = [arg for key, value in overrides for arg in (f"--{key}", value)]
     cli = run_lightning_cli(["--config", str(DEMO_CONFIG), "--trainer.logger", "false",
                              "--model.subdivision_levels", str(level),
-                             "--data.subject_dir", str(subject)], run=False)
+                             "--data.subject_dir", str(subject), *extra], run=False)
     system, dm = cli.model, cli.datamodule
     system.build_from_datamodule(dm, device="cpu")
     system.log = lambda *args, **kwargs: None  # no trainer to log to
@@ -463,9 +470,9 @@ def kind_batches(dm: Any) -> dict[str, list[dict]]:
 
 
 def measure_level(subject: Path, level: int, warmup: int, steps: int,
-                  profile_steps: int) -> dict:
+                  profile_steps: int, overrides: Sequence[tuple[str, str]] = ()) -> dict:
     """Both step kinds at one subdivision level."""
-    system, dm = build_system(subject, level)
+    system, dm = build_system(subject, level, overrides)
     optimiser = make_optimiser(system)
     batches = kind_batches(dm)
     timer = PartTimer()
@@ -476,7 +483,8 @@ def measure_level(subject: Path, level: int, warmup: int, steps: int,
            "pixels": int(first["width"]) * int(first["height"]),
            "face_patch_size": int(system.loss_weights.face_patch_size),
            "renderer": type(system.renderer).__name__,
-           "skinning": {"grid_size": system.skinning_cfg.grid_size,
+           "skinning": {"method": system.skinning_cfg.method,
+                        "grid_size": system.skinning_cfg.grid_size,
                         "lookup_grad": system.skinning_cfg.lookup_grad,
                         "refined_lookup": system.skinning_cfg.refined_lookup},
            "triplane_resolution": system.deformer_cfg.triplane_resolution,
@@ -506,7 +514,7 @@ def write_json(path: Path, document: dict) -> None:
 
 
 def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
-              profile_steps: int) -> dict:
+              profile_steps: int, overrides: Sequence[tuple[str, str]] = ()) -> dict:
     """The whole document; torch's deterministic flag is restored afterwards."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
@@ -515,7 +523,8 @@ def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
     results = []
     try:
         for level in levels:
-            results.append(measure_level(subject, level, warmup, steps, profile_steps))
+            results.append(measure_level(subject, level, warmup, steps, profile_steps,
+                                         overrides))
             print(json.dumps({"level": level, "step_median_s": {
                 k: round(v["step_median_s"], 3) for k, v in results[-1]["kinds"].items()}}),
                 file=sys.stderr, flush=True)
@@ -532,6 +541,7 @@ def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "deterministic_algorithms": run_deterministic,
         "config": str(DEMO_CONFIG.relative_to(REPO)), "subject": str(subject),
+        "overrides": {key: value for key, value in overrides},
         "warmup": warmup, "steps": steps, "profile_steps": profile_steps,
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
         "reference": {"what": f"median seconds of a float32 [{REFERENCE_SIZE}]^2 @ "
@@ -557,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra profiled steps per kind for the backward split (0: none)")
     p.add_argument("--smoke", action="store_true",
                    help=f"a tiny procedural subject, {SMOKE_WARMUP} + {SMOKE_STEPS} steps")
+    p.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="a config override on configs/demo.yaml, as `persona fit --KEY VALUE` "
+                        "(repeatable), e.g. --set model.skinning.method volume")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 0:
@@ -573,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
             subject = Path(args.subject)
             check_subject(subject)
             warmup, steps = args.warmup, args.steps
-        document = benchmark(subject, args.levels, warmup, steps, args.profile_steps)
+        document = benchmark(subject, args.levels, warmup, steps, args.profile_steps,
+                             [tuple(pair) for pair in args.set])
     if args.smoke:
         document["subject"] = f"synth preset {SMOKE_PRESET}, seed {SMOKE_SEED} (--smoke)"
     text = json.dumps(document, indent=1)
