@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deformer_diagnostics as diag  # noqa: E402
 from deformer_gradients import load_probe  # noqa: E402
 
+MASK_THRESHOLD = 0.5  # the own render's alpha above this is the target mask
 REPORT_KEYS = ("world_error_mm", "world_static_only_error_mm", "world_zero_offset_error_mm",
                "total_error_mm", "deformer_error_mm", "deformer_zero_error_mm",
                "deformer_correlation")
@@ -94,6 +95,9 @@ def main(argv: list[str]) -> int:
                         help="free per-frame offsets on the N frames with the largest truth")
     parser.add_argument("--optimiser", choices=("adam", "normalised"), default="adam")
     parser.add_argument("--lr", type=float, default=1e-3, help="--per-frame step size")
+    parser.add_argument("--own-render", action="store_true",
+                        help="--per-frame: fit the avatar's own render with the true offsets "
+                             "(image and mask) instead of the frame")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from persona.data.datamodule import collate_frames
@@ -121,9 +125,11 @@ def main(argv: list[str]) -> int:
         for p in params:
             p.requires_grad_(False)
         frames = per_frame_fits(probe, keep, args.per_frame, args.steps, args.every,
-                                args.optimiser, args.lr, system.optim_cfg.adam_eps)
+                                args.optimiser, args.lr, system.optim_cfg.adam_eps,
+                                args.own_render)
         return write_result({"run": str(args.run_dir), "static": args.static,
                              "per_frame": frames, "optimiser": args.optimiser, "lr": args.lr,
+                             "own_render": args.own_render,
                              "steps": args.steps, "terms": sorted(keep) or "all"}, args.out)
     lr = system.optim_cfg.mlp * args.lr_scale
     optimiser = torch.optim.Adam(params, lr=lr, eps=system.optim_cfg.adam_eps)
@@ -174,9 +180,26 @@ def kept_total(keep: set[str], original: Any) -> Any:
     return total
 
 
+def self_target(system: Any, batch: dict, forward: Any) -> dict:
+    """The batch with its image and mask replaced by the system's own refined render when the
+    deformer's forward is `forward` (composited over the image as the image loss does)."""
+    original = system.deformer.forward
+    system.deformer.forward = forward
+    try:
+        with torch.no_grad():
+            system.training_step(batch, 0)
+    finally:
+        system.deformer.forward = original
+    visuals = system.last_visuals
+    return {**batch, "image": visuals["render"][None].clone(),
+            "mask": (visuals["alpha"] > MASK_THRESHOLD).to(batch["mask"].dtype)[None]}
+
+
 def per_frame_fits(probe: Any, keep: set[str], frames: int, steps: int, every: int,
-                   optimiser: str, lr: float, eps: float) -> list[dict[str, Any]]:
-    """Free offsets of the garment Gaussians fitted to single frames (the module docstring)."""
+                   optimiser: str, lr: float, eps: float, own_render: bool = False
+                   ) -> list[dict[str, Any]]:
+    """Free offsets of the garment Gaussians fitted to single frames (the module docstring);
+    own_render: to the avatar's own render with the true offsets instead of the frame."""
     from persona.avatar.deformer import DeformerOutput
     from persona.data.datamodule import collate_frames
     from persona.losses import terms as loss_terms
@@ -196,21 +219,32 @@ def per_frame_fits(probe: Any, keep: set[str], frames: int, steps: int, every: i
                 (torch.zeros_like(rows), rows), _free)  # [1, N, 3]
             return DeformerOutput(offset, out.scale_offset, out.rgb_offset)
 
+        def true_forward(*a: Any, _wanted: torch.Tensor = wanted, **k: Any) -> DeformerOutput:
+            out = original_forward(*a, **k)
+            offset = torch.zeros_like(out.mean_offset).index_put(
+                (torch.zeros_like(rows), rows), _wanted)  # [1, N, 3]
+            return DeformerOutput(offset, out.scale_offset, out.rgb_offset)
+
         batch = collate_frames([probe.dataset[row]])
+        if own_render:
+            batch = self_target(system, batch, true_forward)
         trace = []
-        system.deformer.forward = forward
         loss_terms.total_loss = kept_total(keep, original_total)
         try:
+            system.deformer.forward = true_forward
+            with torch.no_grad():
+                true_loss = float(system.training_step(batch, 0))
+            system.deformer.forward = forward
             for step in range(steps + 1):
+                loss = system.training_step(batch, 0)
                 if step % every == 0 or step == steps:
                     with torch.no_grad():
                         trace.append({"step": step, "error_mm": mean_mm_of(free - wanted),
                                       "cosine": float(torch.nn.functional.cosine_similarity(
                                           free.flatten(), wanted.flatten(), dim=0)),
-                                      "offset_mm": mean_mm_of(free)})
+                                      "offset_mm": mean_mm_of(free), "loss": float(loss)})
                 if step == steps:
                     break
-                loss = system.training_step(batch, 0)
                 free.grad = None
                 loss.backward()
                 if adam is not None:
@@ -223,10 +257,11 @@ def per_frame_fits(probe: Any, keep: set[str], frames: int, steps: int, every: i
             system.deformer.forward = original_forward
             loss_terms.total_loss = original_total
         results.append({"row": row, "pose": t, "truth_pose_part_mm": mean_mm_of(wanted),
-                        "trace": trace})
-        print(f"frame {row}: truth pose part {mean_mm_of(wanted):.2f} mm -> "
-              + ", ".join(f"{e['step']}: {e['error_mm']:.2f} mm (cos {e['cosine']:+.3f})"
-                          for e in trace), file=sys.stderr, flush=True)
+                        "loss_at_truth": true_loss, "trace": trace})
+        print(f"frame {row}: truth pose part {mean_mm_of(wanted):.2f} mm, loss at the truth "
+              f"{true_loss:.5f} -> " + ", ".join(
+                  f"{e['step']}: {e['error_mm']:.2f} mm (cos {e['cosine']:+.3f}, loss "
+                  f"{e['loss']:.5f})" for e in trace), file=sys.stderr, flush=True)
     return results
 
 
