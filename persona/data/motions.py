@@ -29,7 +29,8 @@ from scipy.spatial.transform import Rotation
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES
 from persona.data.subject import atomic_write_bytes
 
-BUILTIN_MOTIONS: tuple[str, ...] = ("rotation", "punches", "kicks", "dance", "wave", "march")
+BUILTIN_MOTIONS: tuple[str, ...] = ("rotation", "punches", "kicks", "dance", "wave", "march",
+                                    "kicks_side")
 DEFAULT_FPS = 30.0  # frames per second of the built-in motions
 
 # The virtual camera of METHOD.md section 8 at its native size; scale with the resolution.
@@ -324,9 +325,23 @@ def make_march() -> Motion:
     return keyframed_motion("march", 2.0, _pose_track(track))
 
 
+SIDE_TURN = math.pi / 2  # rad about the vertical: the body turned to show its right side
+
+
+def make_kicks_side() -> Motion:
+    """The front kicks with the whole body turned a quarter to its left, so a front camera sees
+    the legs (and a skirt) swing across the image instead of towards it."""
+    kicks = make_kicks()
+    turn = Rotation.from_rotvec([0.0, SIDE_TURN, 0.0])
+    poses = kicks.poses.astype(np.float64).copy()  # [T, 55, 3]
+    poses[:, 0] = (turn * Rotation.from_rotvec(poses[:, 0])).as_rotvec()
+    return Motion("kicks_side", poses.astype(np.float32), kicks.transl, kicks.fps,
+                  kicks.expression)
+
+
 _MAKERS = {"rotation": make_rotation, "punches": make_punches, "kicks": make_kicks,
            "dance": make_dance, "wave": make_wave,
-           "march": make_march}
+           "march": make_march, "kicks_side": make_kicks_side}
 
 
 def make_builtin_motion(name: str) -> Motion:

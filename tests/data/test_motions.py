@@ -107,3 +107,13 @@ def test_virtual_intrinsics_scale_with_resolution():
                                                                      [0, 2000, 512]])
     np.testing.assert_allclose(M.virtual_intrinsics(288, 512)[:2], [[1000, 0, 144],
                                                                     [0, 1000, 256]])
+
+
+def test_side_kicks_are_the_kicks_turned_a_quarter():
+    kicks, side = M.make_kicks(), M.make_builtin_motion("kicks_side")
+    np.testing.assert_array_equal(side.poses[:, 1:], kicks.poses[:, 1:])  # joints unchanged
+    np.testing.assert_array_equal(side.transl, kicks.transl)
+    turn = Rotation.from_rotvec(side.poses[:, 0].astype(np.float64)) \
+        * Rotation.from_rotvec(kicks.poses[:, 0].astype(np.float64)).inv()
+    np.testing.assert_allclose(turn.as_rotvec(), np.tile([0.0, np.pi / 2, 0.0], (len(turn), 1)),
+                               atol=1e-5)
