@@ -22,7 +22,8 @@ with `--baseline GROUP` each group's difference to that group in pooled seed std
   compare.html      one self-contained page (inline CSS, no script, no external URL): the
                     tables, learning curves (mean over seeds per group with a +-std band, from
                     the CSV logs), a per-metric figure and each group's last media grid side by
-                    side; the figures are embedded as base64 PNG.
+                    side; the figures are embedded as base64 PNG;
+  compare_metrics.png  that per-metric figure alone (for a docs page or a paper).
 Runs without metrics.json (unfinished) or with an unreadable config/metrics file are listed as
 skipped with the reason. docs/EXPERIMENTS.md shows an example and the same comparison in W&B.
 """
@@ -50,8 +51,8 @@ import yaml
 from persona.errors import UserError, nearest_keys
 
 DEFAULT_OUT = "compare"
-MARKDOWN_NAME, CSV_NAME, RUNS_CSV_NAME, HTML_NAME = (
-    "compare.md", "compare.csv", "compare_runs.csv", "compare.html")
+MARKDOWN_NAME, CSV_NAME, RUNS_CSV_NAME, HTML_NAME, FIGURE_NAME = (
+    "compare.md", "compare.csv", "compare_runs.csv", "compare.html", "compare_metrics.png")
 CONFIG_NAME = "config.yaml"  # written by `persona fit` (LightningCLI's SaveConfigCallback)
 METRICS_NAME = "metrics.json"  # written by `persona test` (persona/callbacks/test_metrics.py)
 CSV_LOG_GLOB = "csv/version_*/metrics.csv"  # CSVLogger(save_dir=RUN, name="csv")
@@ -98,6 +99,8 @@ METRIC_PANEL_COLUMNS = 3  # panels per row of the per-metric figure
 FIGURE_DPI = 100
 CURVE_FIGSIZE = (7.0, 3.6)  # inches
 PANEL_SIZE = (3.4, 2.8)  # inches per panel of the per-metric figure
+TICK_ROTATION = 30  # degrees: the per-metric figure's group names under each panel
+TICK_CHARS = 24  # longer group names are cut in the figure (the tables keep them whole)
 BAND_ALPHA = 0.2  # opacity of the +-std band around a mean curve
 DEFAULT_MEDIA_PER_GROUP = 1  # media grids shown per group (its runs in seed order)
 
@@ -596,8 +599,8 @@ def metrics_figure(summary: dict[str, dict[str, dict]], metrics: Sequence[str]) 
             axis.scatter([x] * stats["n"], stats["values"], s=10, color="0.5", zorder=3)
         axis.set_title(metric_label(name), fontsize=9)
         axis.set_xticks(range(len(labels)))
-        axis.set_xticklabels([str(i + 1) for i in range(len(labels))], fontsize=8)
-        axis.set_xlabel("group", fontsize=8)
+        axis.set_xticklabels([short_label(label) for label in labels], fontsize=7,
+                             rotation=TICK_ROTATION, ha="right")
         axis.grid(axis="y", alpha=0.3)
     return figure_png(figure)
 
@@ -806,12 +809,14 @@ def run_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 
 
 # ---------------------------------------------------------------------------- writing
-def write_atomic(path: Path, text: str) -> Path:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
+def write_atomic(path: Path, text: str | bytes) -> Path:
+    """Write text (or bytes) to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False, encoding="utf-8",
-                                     newline="") as handle:
+    binary = isinstance(text, bytes)
+    with tempfile.NamedTemporaryFile("wb" if binary else "w", dir=path.parent,
+                                     prefix=f".{path.name}.", suffix=".tmp", delete=False,
+                                     encoding=None if binary else "utf-8",
+                                     newline=None if binary else "") as handle:
         handle.write(text)
         temporary = Path(handle.name)
     try:
@@ -873,11 +878,21 @@ def figures(comparison: Comparison, curve_names: Sequence[str]
     return curves, metric_png, notes
 
 
+def short_label(label: str) -> str:
+    """A group label as a tick: the values of its `key=value` parts (the table names the keys),
+    cut to TICK_CHARS characters."""
+    values = ", ".join(part.split("=", 1)[-1] for part in label.split(", "))
+    return values if len(values) <= TICK_CHARS else values[:TICK_CHARS - 1] + "…"
+
+
 def write_reports(comparison: Comparison, out: Path, curve_names: Sequence[str],
                   media_per_group: int) -> dict[str, Path]:
     curves, metric_png, notes = figures(comparison, curve_names)
     media = media_cells(comparison.groups, media_per_group)
-    return {
+    written = {}
+    if metric_png is not None:
+        written["figure"] = write_atomic(out / FIGURE_NAME, metric_png)
+    return {**written,
         "markdown": write_atomic(out / MARKDOWN_NAME, markdown_report(comparison)),
         "csv": write_atomic(out / CSV_NAME, csv_text(group_csv_rows(comparison))),
         "runs_csv": write_atomic(out / RUNS_CSV_NAME, csv_text(run_csv_rows(comparison))),

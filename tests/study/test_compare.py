@@ -341,6 +341,8 @@ def test_html_embeds_figures_and_media_and_fetches_nothing(study: Path, tmp_path
     assert "<script" not in html.lower() and "<link" not in html.lower()
     assert "@import" not in html and "url(" not in html
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary file
+    # the per-metric figure also stands alone, the same PNG as the page's
+    assert (out / "compare_metrics.png").read_bytes() in images
     assert compare.main([str(study), "--out", str(out), "--media-per-group", "2",
                          "--curves", "train/loss,nope"]) == 0
     html = (out / "compare.html").read_text()
@@ -529,3 +531,10 @@ def test_report_loads_in_headless_chromium_without_console_errors(study: Path, t
     errors, requested, undecoded = load_page(bad, tmp_path / "profile_bad")
     assert "boom" in errors and len(errors) == 3 and undecoded == 1
     assert (tmp_path / "missing.png").as_uri() in requested
+
+
+def test_figure_ticks_name_the_groups_by_their_values() -> None:
+    assert compare.short_label("model.deformer.mode=mean") == "mean"
+    assert compare.short_label("a.b=1, c=off") == "1, off"
+    long = compare.short_label("config=" + "x" * 40)
+    assert len(long) == compare.TICK_CHARS and long.endswith("…")
