@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from persona.atomic import replace_folder
 from persona.export.ply import export_gaussians
 from persona.export.poses import PosableAvatar, frame_count, posed_frame
 
@@ -26,7 +27,6 @@ SEQUENCE_INDEX = "sequence.json"  # the index file inside DIR
 FRAME_PREFIX = "frame_"  # DIR/frame_00000.ply
 MIN_FRAME_DIGITS = 5  # zero padding of frame numbers (more when a motion has >= 100000 frames)
 PARTIAL_SUFFIX = ".partial"  # a temporary sibling folder being written
-REPLACED_SUFFIX = ".replaced"  # an older sequence moved aside while the new one is renamed in
 FOLDER_MODE = 0o755  # mkdtemp makes 0o700 folders; a finished sequence is readable by all
 
 
@@ -67,18 +67,7 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod(FOLDER_MODE)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.",
-                                        suffix=REPLACED_SUFFIX))
-            os.replace(out, old)  # onto an empty folder: a rename
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                os.replace(old, out)  # put the earlier sequence back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

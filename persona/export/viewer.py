@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from persona.atomic import replace_folder
 from persona.errors import EXIT_USER_ERROR
 from persona.export.bundle_loader import NUM_JOINTS, AvatarBundle, load_bundle, pose_means
 from persona.export.compressed import VIEWER_ROOT
@@ -275,9 +276,7 @@ def write_viewer(bundle: AvatarBundle, out: str | os.PathLike, extra_motions: li
         (tmp / BINARY_FILE).write_bytes(binary)
         (tmp / LAYOUT_FILE).write_text(json.dumps(info, indent=1))
         tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from persona.atomic import replace_folder
 from persona.data.subject import (
     CAPTURED_SPLIT,
     FORMAT_VERSION,
@@ -214,9 +215,7 @@ def write_subject(subject: ConvertedSubject, out: str | Path, overwrite: bool = 
         shutil.rmtree(staging)
     try:
         _write_all(subject, staging, log)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

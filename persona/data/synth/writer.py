@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from persona.atomic import replace_folder
 from persona.body.types import NUM_JOINTS, Identity, PoseParams
 from persona.data import motions as motion_lib
 from persona.data.subject import (
@@ -180,9 +181,7 @@ def synthesize(out: str | Path, config: SynthConfig, overwrite: bool = False) ->
         from persona.data.preview import contact_sheet
 
         preview = contact_sheet(tmp, body, avatar, true_poses, renderer, config)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_folder(tmp, out)
     if preview is not None:
         preview = out / preview.name
     return SynthResult(out, time.perf_counter() - start, num_generated, len(test_items),
