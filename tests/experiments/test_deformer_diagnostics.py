@@ -208,3 +208,23 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     frame = json.loads(capsys.readouterr().out)["per_frame"][0]
     assert frame["loss_at_truth"] < frame["trace"][0]["loss"]
 
+
+
+def test_surface_error_separates_sliding_from_leaving_the_surface() -> None:
+    surface_error = _load("surface_error")
+    # a flat sheet z = 0 with normals +z; one Gaussian slid 3 along x, one lifted 4 along z
+    true = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    normals = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    moved = true + torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 4.0]])
+    normal, tangential = surface_error.split_displacement(moved, true, normals)
+    assert normal.tolist() == [0.0, 4.0] and tangential.tolist() == [3.0, 0.0]
+    sheet = torch.tensor([[x, y, 0.0] for x in range(-2, 6) for y in range(-2, 3)])
+    distance = surface_error.point_to_surface(moved, sheet, torch.tensor([[0.0, 0.0, 1.0]])
+                                              .expand_as(sheet))
+    assert distance.tolist() == [0.0, 4.0]  # sliding stays on the surface, lifting leaves it
+    report = surface_error.surface_report(
+        {"a": moved[None]}, true[None], normals[None], sheet[None],
+        torch.tensor([[0.0, 0.0, 1.0]]).expand_as(sheet)[None],
+        {"both": torch.tensor([True, True])})
+    assert report["both"]["a"]["surface_mm"] == pytest.approx(2.0 * 1000)
+    assert report["both"]["a"]["world_mm"] == pytest.approx(3.5 * 1000)
