@@ -32,6 +32,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,16 +149,42 @@ def part_report(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_mea
     }
 
 
-# ---------------------------------------------------------------------------- the report
-def diagnose(run_dir: Path, subject: Path | None = None) -> dict[str, Any]:
+@dataclass
+class LoadedRun:
+    """A trained synthetic-subject run with its ground truth, as the diagnostics read it."""
+
+    run: Path
+    subject: Path
+    system: Any  # PersonaSystem, eval mode, CPU
+    dm: Any  # its datamodule
+    poses: list  # distinct test poses (test_poses)
+    frontal: int  # how many of them lead as the frontal sequence
+    truth: Any  # DeformationTruth
+    index: Tensor  # [M] avatar indices of the true garment Gaussians
+    method: str  # how they were matched
+
+
+def load_with_truth(run_dir: Path, subject: Path | None = None,
+                    max_poses: int | None = None) -> LoadedRun:
+    """The run (a run folder or its parent), its system and its garment truth (at most
+    max_poses evenly spread poses per set; None: all)."""
     run = resolve_run(run_dir)
     settings = yaml.safe_load((run / CONFIG_NAME).read_text())
     subject = resolve_subject(run, settings, subject)
     synth_config(subject)  # a clear error for a subject that is not synthetic
     system, dm = load_system(run, subject)
     poses, frontal = test_poses(dm)
-    truth = build_truth(subject, poses)  # every test and training pose
+    truth = build_truth(subject, poses, max_poses=max_poses)
     index, method = match_system(system, truth)
+    return LoadedRun(run, subject, system, dm, poses, frontal, truth, index, method)
+
+
+# ---------------------------------------------------------------------------- the report
+def diagnose(run_dir: Path, subject: Path | None = None) -> dict[str, Any]:
+    loaded = load_with_truth(run_dir, subject)  # every test and training pose
+    run, subject, system = loaded.run, loaded.subject, loaded.system
+    poses, frontal, truth = loaded.poses, loaded.frontal, loaded.truth
+    index, method = loaded.index, loaded.method
     with torch.no_grad():
         deformer = model_offsets(system, truth.poses["test"], index)  # [T, M, 3]
         train_deformer = model_offsets(system, truth.poses["train"], index)  # [K, M, 3]

@@ -18,22 +18,13 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deformer_diagnostics import (  # noqa: E402
-    CONFIG_NAME,
-    load_system,
-    resolve_run,
-    resolve_subject,
-    test_poses,
-)
+from deformer_diagnostics import load_with_truth  # noqa: E402
 
 from persona.metrics.deformation import (  # noqa: E402
     MM_PER_M,
-    build_truth,
-    match_system,
     model_offsets,
     pearson,
     static_offset,
@@ -66,13 +57,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--poses", type=int, default=20, help="training poses evaluated")
     args = parser.parse_args(argv)
-    run = resolve_run(args.run_dir)
-    settings = yaml.safe_load((run / CONFIG_NAME).read_text())
-    subject = resolve_subject(run, settings, None)
-    system, dm = load_system(run, subject)
-    poses, _ = test_poses(dm)
-    truth = build_truth(subject, poses, max_poses=args.poses)
-    index, _ = match_system(system, truth)
+    loaded = load_with_truth(args.run_dir, max_poses=args.poses)
+    run, system, truth, index = loaded.run, loaded.system, loaded.truth, loaded.index
     with torch.no_grad():
         train = model_offsets(system, truth.poses["train"], index)  # [K, M, 3]
         test = model_offsets(system, truth.poses["test"], index)  # [T, M, 3]

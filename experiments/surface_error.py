@@ -22,26 +22,12 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deformer_diagnostics import (  # noqa: E402
-    CONFIG_NAME,
-    load_system,
-    resolve_run,
-    resolve_subject,
-    test_poses,
-)
+from deformer_diagnostics import load_with_truth  # noqa: E402
 
-from persona.metrics.deformation import (  # noqa: E402
-    MM_PER_M,
-    build_truth,
-    match_system,
-    model_posed,
-    stack_poses,
-    synth_config,
-)
+from persona.metrics.deformation import MM_PER_M, model_posed, stack_poses, synth_config  # noqa: E402
 from persona.ops.mesh import vertex_normals  # noqa: E402
 
 NEAREST_CHUNK = 512  # avatar Gaussians per distance block of the nearest-vertex search
@@ -97,14 +83,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from persona.data import synth
 
-    run = resolve_run(args.run_dir)
-    settings = yaml.safe_load((run / CONFIG_NAME).read_text())
-    subject = resolve_subject(run, settings, None)
-    system, dm = load_system(run, subject)
-    poses, _ = test_poses(dm)
-    truth = build_truth(subject, poses, max_poses=args.poses)
-    index, _ = match_system(system, truth)
-    config = synth_config(subject)
+    loaded = load_with_truth(args.run_dir, max_poses=args.poses)
+    run, system, truth, index = loaded.run, loaded.system, loaded.truth, loaded.index
+    config = synth_config(loaded.subject)
     body = synth.load_synth_body(config)
     avatar = synth.build_avatar(body, synth.subject_identity(body, config.seed), config)
     garment = truth.garment

@@ -8,25 +8,16 @@ import importlib.util
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from experiment_scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "ablations.py"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ablations", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-abl = _load_script()
+abl = load_script("ablations.py")
 
 GIT = {"commit": "c0ffee" * 6 + "abcd", "dirty": False, "source_hash": ""}
 SUBJECT_META = b'{"config": {"seed": 0}}'

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from experiment_scripts import load_script
 
 from persona.cli import main as persona_main
 from persona.data.synth import (
@@ -20,19 +20,11 @@ from persona.data.synth import (
 )
 from persona.lightning_cli import BASE_CONFIG
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "deformer_diagnostics.py"
 TINY = str(BASE_CONFIG.parent / "tiny.yaml")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("deformer_diagnostics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-diag = _load_script()
+diag = load_script("deformer_diagnostics.py")
 
 
 def test_frame_to_frame_skips_sequence_boundaries() -> None:
@@ -71,11 +63,7 @@ def test_part_report_of_a_perfect_and_of_a_blind_deformer() -> None:
 
 
 def _load(name: str):
-    path = SCRIPT.parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"{name}.py")
 
 
 def test_split_separates_a_carried_mean_from_the_pose_dependence() -> None:
@@ -173,6 +161,19 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     parts = json.loads(capsys.readouterr().out)["parts"]
     assert set(parts) == set(regions)
     assert parts["garment"]["truth_train_mean_mm"] > 1.0
+
+    # experiments/surface_error.py: the world error's parts along and across the true normal
+    # bound it (each part <= the whole <= their sum); the nearest true vertex is no further than
+    # the Gaussian's own, so the distance to the surface is at most the world error
+    assert _load("surface_error").main([str(run), "--poses", "2"]) == 0
+    sets = json.loads(capsys.readouterr().out)["sets"]
+    assert set(sets) == {"test", "train"} and set(sets["test"]) == set(regions)
+    for candidate in sets["train"]["garment"].values():
+        world, normal, tangential = (candidate[k] for k in ("world_mm", "normal_mm",
+                                                             "tangential_mm"))
+        assert max(normal, tangential) <= world + 1e-6 <= normal + tangential + 1e-3
+        assert candidate["surface_mm"] <= world + 1e-6
+    assert sets["train"]["garment"]["zero_offset"]["world_mm"] > 1.0  # the garment moved
 
     # experiments/deformer_finetune.py: the deformer alone, reset to zero, the static offset set
     # to the truth's training mean; the avatar stays frozen

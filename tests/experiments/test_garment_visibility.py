@@ -3,27 +3,17 @@ on a tiny synthetic subject."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from experiment_scripts import load_script
 
 from persona.data.synth import preset_config, synthesize
 from persona.ops.rotations import axis_angle_to_matrix
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "garment_visibility.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("garment_visibility", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-visibility = _load()
+visibility = load_script("garment_visibility.py")
 
 
 def test_camera_split_of_known_displacements() -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from experiment_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "train_step.py"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -29,14 +29,7 @@ SMOKE_OVERRIDE = ("model.skinning.method", "volume")
 INPUT_ONLY = ("render.face_patch", "losses.face_patch")  # the input image's face patch terms
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_step_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script("bench/train_step.py", "train_step_bench")
 
 
 class FakeClock:
