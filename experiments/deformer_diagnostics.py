@@ -149,6 +149,9 @@ def part_report(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_mea
     }
 
 
+DEFAULT_POSES = 20  # poses per set of the split and surface scripts (the mean uses all)
+
+
 @dataclass
 class LoadedRun:
     """A trained synthetic-subject run with its ground truth, as the diagnostics read it."""
@@ -177,6 +180,15 @@ def load_with_truth(run_dir: Path, subject: Path | None = None,
     truth = build_truth(subject, poses, max_poses=max_poses)
     index, method = match_system(system, truth)
     return LoadedRun(run, subject, system, dm, poses, frontal, truth, index, method)
+
+
+def parse_run_and_poses(argv: list[str], description: str) -> argparse.Namespace:
+    """RUN_DIR [--poses N] of the scripts that read a run with load_with_truth."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--poses", type=int, default=DEFAULT_POSES,
+                        help="evenly spread poses evaluated per set (test, training)")
+    return parser.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------- the report

@@ -195,12 +195,25 @@ def self_target(system: Any, batch: dict, forward: Any) -> dict:
             "mask": (visuals["alpha"] > MASK_THRESHOLD).to(batch["mask"].dtype)[None]}
 
 
+def offsets_forward(original: Any, rows: torch.Tensor, values: torch.Tensor) -> Any:
+    """A deformer forward whose mean offsets are `values` [G, 3] on the Gaussians `rows` [G]
+    and 0 elsewhere (scale and colour offsets as `original` gives them)."""
+    from persona.avatar.deformer import DeformerOutput
+
+    def forward(*args: Any, **kwargs: Any) -> DeformerOutput:
+        out = original(*args, **kwargs)
+        offset = torch.zeros_like(out.mean_offset).index_put(
+            (torch.zeros_like(rows), rows), values)  # [1, N, 3]
+        return DeformerOutput(offset, out.scale_offset, out.rgb_offset)
+
+    return forward
+
+
 def per_frame_fits(probe: Any, keep: set[str], frames: int, steps: int, every: int,
                    optimiser: str, lr: float, eps: float, own_render: bool = False
                    ) -> list[dict[str, Any]]:
     """Free offsets of the garment Gaussians fitted to single frames (the module docstring);
     own_render: to the avatar's own render with the true offsets instead of the frame."""
-    from persona.avatar.deformer import DeformerOutput
     from persona.data.datamodule import collate_frames
     from persona.losses import terms as loss_terms
 
@@ -213,17 +226,8 @@ def per_frame_fits(probe: Any, keep: set[str], frames: int, steps: int, every: i
         free = torch.zeros_like(wanted, requires_grad=True)
         adam = torch.optim.Adam([free], lr=lr, eps=eps) if optimiser == "adam" else None
 
-        def forward(*a: Any, _free: torch.Tensor = free, **k: Any) -> DeformerOutput:
-            out = original_forward(*a, **k)
-            offset = torch.zeros_like(out.mean_offset).index_put(
-                (torch.zeros_like(rows), rows), _free)  # [1, N, 3]
-            return DeformerOutput(offset, out.scale_offset, out.rgb_offset)
-
-        def true_forward(*a: Any, _wanted: torch.Tensor = wanted, **k: Any) -> DeformerOutput:
-            out = original_forward(*a, **k)
-            offset = torch.zeros_like(out.mean_offset).index_put(
-                (torch.zeros_like(rows), rows), _wanted)  # [1, N, 3]
-            return DeformerOutput(offset, out.scale_offset, out.rgb_offset)
+        forward = offsets_forward(original_forward, rows, free)
+        true_forward = offsets_forward(original_forward, rows, wanted)
 
         batch = collate_frames([probe.dataset[row]])
         if own_render:

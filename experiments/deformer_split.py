@@ -12,7 +12,6 @@ poses, of (deformer minus its own training mean) with (truth minus the truth's t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deformer_diagnostics import load_with_truth  # noqa: E402
+from deformer_diagnostics import load_with_truth, parse_run_and_poses  # noqa: E402
 
 from persona.metrics.deformation import (  # noqa: E402
     MM_PER_M,
@@ -53,10 +52,7 @@ def split_report(train: Tensor, test: Tensor, static: Tensor, true_mean: Tensor,
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--poses", type=int, default=20, help="training poses evaluated")
-    args = parser.parse_args(argv)
+    args = parse_run_and_poses(argv, __doc__.splitlines()[0])
     loaded = load_with_truth(args.run_dir, max_poses=args.poses)
     run, system, truth, index = loaded.run, loaded.system, loaded.truth, loaded.index
     with torch.no_grad():

@@ -16,7 +16,6 @@ X: the avatar (``avatar``: refined means, as world_error_mm), the avatar without
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deformer_diagnostics import load_with_truth  # noqa: E402
+from deformer_diagnostics import load_with_truth, parse_run_and_poses  # noqa: E402
 
 from persona.metrics.deformation import MM_PER_M, model_posed, stack_poses, synth_config  # noqa: E402
 from persona.ops.mesh import vertex_normals  # noqa: E402
@@ -57,30 +56,27 @@ def surface_report(candidates: dict[str, Tensor], true_posed: Tensor, true_norma
     """candidates: name -> posed garment Gaussians [T, M, 3]; true_posed [T, M, 3] and
     true_normals [T, M, 3] the same Gaussians of the truth; surface, surface_normals [T, V, 3]
     the whole true posed body; regions: name -> mask [M]. Returns region -> candidate ->
-    {world_mm, normal_mm, tangential_mm, surface_mm}."""
+    {world_mm, normal_mm, tangential_mm, surface_mm}. Each distance is computed once per
+    candidate over all M Gaussians; the regions (which overlap: garment = its parts) only
+    average it."""
+    per_candidate = {}
+    for label, x in candidates.items():
+        normal, tangential = split_displacement(x, true_posed, true_normals)  # [T, M] each
+        per_candidate[label] = {
+            "world_mm": (x - true_posed).norm(dim=-1), "normal_mm": normal,
+            "tangential_mm": tangential,
+            "surface_mm": torch.stack([point_to_surface(x[t], surface[t], surface_normals[t])
+                                       for t in range(x.shape[0])])}  # [T, M]
     report: dict[str, dict[str, dict[str, float]]] = {}
     for name, mask in regions.items():
-        report[name] = {}
-        for label, x in candidates.items():
-            normal, tangential = split_displacement(x[:, mask], true_posed[:, mask],
-                                                    true_normals[:, mask])
-            to_surface = torch.stack([point_to_surface(x[t, mask], surface[t],
-                                                       surface_normals[t])
-                                      for t in range(x.shape[0])])
-            report[name][label] = {
-                "world_mm": float((x[:, mask] - true_posed[:, mask]).norm(dim=-1).mean())
-                * MM_PER_M,
-                "normal_mm": float(normal.mean()) * MM_PER_M,
-                "tangential_mm": float(tangential.mean()) * MM_PER_M,
-                "surface_mm": float(to_surface.mean()) * MM_PER_M}
+        report[name] = {label: {key: float(values[:, mask].mean()) * MM_PER_M
+                                for key, values in distances.items()}
+                        for label, distances in per_candidate.items()}
     return report
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--poses", type=int, default=20, help="training poses evaluated")
-    args = parser.parse_args(argv)
+    args = parse_run_and_poses(argv, __doc__.splitlines()[0])
     from persona.data import synth
 
     loaded = load_with_truth(args.run_dir, max_poses=args.poses)

@@ -892,6 +892,8 @@ def write_reports(comparison: Comparison, out: Path, curve_names: Sequence[str],
     written = {}
     if metric_png is not None:
         written["figure"] = write_atomic(out / FIGURE_NAME, metric_png)
+    else:  # no figure this time: an earlier comparison's must not pass for this one's
+        (out / FIGURE_NAME).unlink(missing_ok=True)
     return {**written,
         "markdown": write_atomic(out / MARKDOWN_NAME, markdown_report(comparison)),
         "csv": write_atomic(out / CSV_NAME, csv_text(group_csv_rows(comparison))),

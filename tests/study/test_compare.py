@@ -538,3 +538,15 @@ def test_figure_ticks_name_the_groups_by_their_values() -> None:
     assert compare.short_label("a.b=1, c=off") == "1, off"
     long = compare.short_label("config=" + "x" * 40)
     assert len(long) == compare.TICK_CHARS and long.endswith("…")
+
+
+def test_a_comparison_without_a_figure_leaves_no_earlier_one(study: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    out = tmp_path / "out"
+    assert compare.main([str(study), "--out", str(out)]) == 0
+    assert (out / compare.FIGURE_NAME).is_file()
+    # the same folder again, this time without matplotlib: no figure, and not the old one
+    monkeypatch.setattr(compare, "figures", lambda comparison, curve_names: (
+        {}, None, ["no figures: matplotlib is not installed in this environment"]))
+    assert compare.main([str(study), "--out", str(out)]) == 0
+    assert not (out / compare.FIGURE_NAME).exists()
