@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from persona.body.cache import atomic_write
 from persona.errors import UserError, nearest_keys
 
 DEFAULT_OUT = "compare"
@@ -809,14 +810,12 @@ def run_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 
 
 # ---------------------------------------------------------------------------- writing
-def write_atomic(path: Path, text: str | bytes) -> Path:
-    """Write text (or bytes) to a temporary file beside `path`, then rename it over `path`."""
+def write_atomic(path: Path, text: str) -> Path:
+    """Write text to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    binary = isinstance(text, bytes)
-    with tempfile.NamedTemporaryFile("wb" if binary else "w", dir=path.parent,
-                                     prefix=f".{path.name}.", suffix=".tmp", delete=False,
-                                     encoding=None if binary else "utf-8",
-                                     newline=None if binary else "") as handle:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False, encoding="utf-8",
+                                     newline="") as handle:
         handle.write(text)
         temporary = Path(handle.name)
     try:
@@ -891,7 +890,8 @@ def write_reports(comparison: Comparison, out: Path, curve_names: Sequence[str],
     media = media_cells(comparison.groups, media_per_group)
     written = {}
     if metric_png is not None:
-        written["figure"] = write_atomic(out / FIGURE_NAME, metric_png)
+        written["figure"] = atomic_write(out / FIGURE_NAME,
+                                         lambda path: path.write_bytes(metric_png))
     else:  # no figure this time: an earlier comparison's must not pass for this one's
         (out / FIGURE_NAME).unlink(missing_ok=True)
     return {**written,
