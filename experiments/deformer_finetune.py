@@ -91,6 +91,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lr-scale", type=float, default=1.0,
                         help="x the run's triplane / MLP learning rates")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-frames", type=int, default=1, metavar="K",
+                        help="generated frames whose gradients each step sums (0 = all of them)")
     parser.add_argument("--per-frame", type=int, default=0, metavar="N",
                         help="free per-frame offsets on the N frames with the largest truth")
     parser.add_argument("--optimiser", choices=("adam", "normalised"), default="adam")
@@ -157,10 +159,9 @@ def main(argv: list[str]) -> int:
     loss_terms.total_loss = total
     try:
         for step in range(1, args.steps + 1):
-            row = generated[int(torch.randint(len(generated), (1,), generator=generator))]
-            loss = system.training_step(collate_frames([dataset[row]]), step)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            for row in draw_rows(generated, args.batch_frames, generator):
+                system.training_step(collate_frames([dataset[row]]), step).backward()
             optimiser.step()
             if step % args.every == 0 or step == args.steps:
                 loss_terms.total_loss = original_total
@@ -170,7 +171,17 @@ def main(argv: list[str]) -> int:
         loss_terms.total_loss = original_total
     return write_result({"run": str(args.run_dir), "static": args.static, "reset": args.reset,
                          "steps": args.steps, "terms": sorted(keep) or "all", "lr": lr,
+                         "batch_frames": args.batch_frames,
                          "curve": curve}, args.out)
+
+
+def draw_rows(rows: list[int], count: int, generator: torch.Generator) -> list[int]:
+    """`count` of `rows` drawn without replacement (all of them when count is 0 or more)."""
+    if count <= 0 or count >= len(rows):
+        return list(rows)
+    if count == 1:  # the draw of the single-frame runs in docs/ABLATIONS.md
+        return [rows[int(torch.randint(len(rows), (1,), generator=generator))]]
+    return [rows[int(i)] for i in torch.randperm(len(rows), generator=generator)[:count]]
 
 
 def kept_total(keep: set[str], original: Any) -> Any:

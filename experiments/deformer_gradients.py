@@ -13,6 +13,17 @@ minus what the deformer predicts now, over the garment Gaussians. Also for the s
 - cosine: cos(-gradient, wanted).
 
     .venv/bin/python experiments/deformer_gradients.py RUN_DIR [--frames N]
+
+`--parameters` asks the same in the deformer's parameter space (triplane and MLP), where a fit
+actually moves: per frame, the descent direction of the training loss is compared with the
+descent direction of a 3D loss, 1/2 |deformer output - (truth in the frame's true pose - static
+offset)|^2 over the garment Gaussians (what 3D supervision would teach the deformer given the
+run's static offset). Printed: the cosine of the two directions summed over the frames (what a
+full-batch step follows), their mean cosine frame by frame (what a one-frame step follows), the
+coherence |sum of the loss directions| / sum of their norms (1: every frame agrees), and each
+term's summed direction against the summed 3D one. `--frames 0` takes every generated frame.
+
+    .venv/bin/python experiments/deformer_gradients.py RUN_DIR --parameters [--frames 0]
 """
 
 from __future__ import annotations
@@ -126,15 +137,70 @@ def load_probe(run_dir: Path, subject: Path | None) -> Probe:
     return Probe(system, dataset, truth, mean_truth, garment, index[garment], picks)
 
 
+def flat_grad(value: Tensor, params: list[Tensor]) -> Tensor:
+    """d value / d params, flattened into one vector (zeros for an unused parameter)."""
+    grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params, strict=True)])
+
+
+def direction_summary(loss_dirs: Tensor, truth_dirs: Tensor) -> dict[str, float]:
+    """loss_dirs, truth_dirs [F, P]: per-frame descent directions of the training loss and of
+    the 3D loss. -> cosine of their sums, mean per-frame cosine, coherence of the loss's."""
+    cos = torch.nn.functional.cosine_similarity
+    summed = loss_dirs.sum(0)
+    return {"cosine_summed": float(cos(summed, truth_dirs.sum(0), dim=0)),
+            "cosine_per_frame_mean": float(cos(loss_dirs, truth_dirs, dim=1).mean()),
+            "coherence": float(summed.norm() / loss_dirs.norm(dim=1).sum().clamp(min=1e-30))}
+
+
+def parameter_report(probe: Probe, frames: int) -> dict[str, Any]:
+    """The module docstring's `--parameters` report over the first `frames` picks."""
+    from persona.data.datamodule import collate_frames
+    from persona.losses import terms as loss_terms
+
+    system, rows, garment = probe.system, probe.rows, probe.garment
+    params = [p for p in system.deformer.parameters() if p.requires_grad]
+    static = system.avatar.mean_offset.detach()[rows]  # [G, 3]
+    loss_dirs, truth_dirs, per_term = [], [], {}
+    for row, t in probe.picks[:frames]:
+        terms, offsets = captured_terms(system, collate_frames([probe.dataset[row]]))
+        target = probe.truth[t][garment] - static  # [G, 3] what the deformer should add
+        loss_dirs.append(-flat_grad(loss_terms.total_loss(terms), params))
+        truth_dirs.append(-flat_grad(0.5 * ((offsets[0, rows] - target) ** 2).sum(), params))
+        for name, (value, weight) in terms.items():
+            if float(weight) != 0 and value.requires_grad:
+                direction = -flat_grad(value * weight, params)
+                per_term[name] = per_term.get(name, 0.0) + direction
+    loss_stack, truth_stack = torch.stack(loss_dirs), torch.stack(truth_dirs)
+    truth_sum = truth_stack.sum(0)
+    cos = torch.nn.functional.cosine_similarity
+    terms_out = {name: {"norm": float(d.norm()), "cosine": float(cos(d, truth_sum, dim=0))}
+                 for name, d in per_term.items() if float(d.norm()) > 0}
+    return {"frames": frames, **direction_summary(loss_stack, truth_stack),
+            "truth_coherence": direction_summary(truth_stack, truth_stack)["coherence"],
+            "terms": dict(sorted(terms_out.items(), key=lambda kv: -kv[1]["norm"]))}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--subject", type=Path, default=None)
-    parser.add_argument("--frames", type=int, default=6, help="generated frames to average")
+    parser.add_argument("--frames", type=int, default=6,
+                        help="generated frames to average, largest true pose part first "
+                             "(0 = all)")
+    parser.add_argument("--parameters", action="store_true",
+                        help="compare the directions in the deformer's parameter space")
     args = parser.parse_args(argv)
     from persona.data.datamodule import collate_frames
 
     probe = load_probe(args.run_dir, args.subject)
+    if args.frames <= 0:
+        args.frames = len(probe.picks)
+    if args.parameters:
+        result = parameter_report(probe, args.frames)
+        print(json.dumps({"run": str(args.run_dir), **result}, indent=1))
+        return 0
     system, dataset, rows, garment = probe.system, probe.dataset, probe.rows, probe.garment
     train_truth, mean_truth = probe.truth, probe.mean_truth
     picks = probe.picks

@@ -134,6 +134,14 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     assert deformer_terms and not any(name.endswith("_base") for name in deformer_terms)
     assert sum(abs(v["share"]) for v in gradients["deformer"].values()) == pytest.approx(1.0)
     assert any(name.endswith("_base") for name in gradients["static"])  # base sees the static
+    # --parameters: the same in the deformer's parameter space; the base render has no deformer
+    assert _load("deformer_gradients").main([str(run), "--parameters", "--frames", "2"]) == 0
+    in_parameters = json.loads(capsys.readouterr().out)
+    assert in_parameters["frames"] == 2 and in_parameters["terms"]
+    assert not any(name.endswith("_base") for name in in_parameters["terms"])
+    assert set(in_parameters["terms"]) <= deformer_terms | {"lap_mean_posed"}
+    for key in ("cosine_summed", "cosine_per_frame_mean", "coherence", "truth_coherence"):
+        assert -1.0 <= in_parameters[key] <= 1.0 and math.isfinite(in_parameters[key]), key
     assert _load("deformer_oracle").main([str(run), "--frames", "2"]) == 0
     oracle = json.loads(capsys.readouterr().out)
     learned, truth = oracle["learned"]["terms"], oracle["oracle"]["terms"]
@@ -180,7 +188,7 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     out = tmp_path / "finetune.json"
     assert _load("deformer_finetune").main([str(run), "--static", "truth", "--reset",
                                             "--steps", "2", "--every", "2", "--lr-scale", "10",
-                                            "--out", str(out)]) == 0
+                                            "--batch-frames", "2", "--out", str(out)]) == 0
     curve = json.loads(out.read_text())["curve"]
     assert [entry["step"] for entry in curve] == [0, 2]
     start, end = curve[0]["garment"], curve[1]["garment"]
@@ -213,6 +221,30 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
         at_truth[bool(flags)] = frame["loss_at_truth"]
     assert frame["loss_at_truth"] < frame["trace"][0]["loss"]
     assert at_truth[True] < at_truth[False]
+
+
+def test_parameter_directions_summary_and_frame_draws() -> None:
+    gradients = _load("deformer_gradients")
+    truth = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # two frames, orthogonal
+    agree = gradients.direction_summary(truth.clone(), truth)
+    assert agree["cosine_summed"] == pytest.approx(1.0)
+    assert agree["cosine_per_frame_mean"] == pytest.approx(1.0)
+    assert agree["coherence"] == pytest.approx(2 ** 0.5 / 2)  # orthogonal frames only half add
+    # each frame points 60 deg off its own truth, the two errors cancel in the sum
+    noisy = torch.tensor([[1.0, 3 ** 0.5, 0.0], [3 ** 0.5, 1.0, 0.0]])
+    mixed = gradients.direction_summary(noisy, truth)
+    assert mixed["cosine_per_frame_mean"] == pytest.approx(0.5)
+    assert mixed["cosine_summed"] == pytest.approx(1.0)
+    assert gradients.direction_summary(-truth, truth)["cosine_summed"] == pytest.approx(-1.0)
+
+    draw_rows = _load("deformer_finetune").draw_rows
+    rows = list(range(10, 20))
+    assert draw_rows(rows, 0, torch.Generator().manual_seed(0)) == rows
+    picked = draw_rows(rows, 4, torch.Generator().manual_seed(0))
+    assert len(set(picked)) == 4 and set(picked) <= set(rows)
+    # one frame: the draw the single-frame runs in the docs used
+    expected = rows[int(torch.randint(10, (1,), generator=torch.Generator().manual_seed(3)))]
+    assert draw_rows(rows, 1, torch.Generator().manual_seed(3)) == [expected]
 
 
 def test_surface_error_separates_sliding_from_leaving_the_surface() -> None:

@@ -382,3 +382,24 @@ def test_sweep_and_compare_run_with_the_network_really_off(tiny_garment_subject:
     assert list((runs[0] / "wandb").rglob("run-*.wandb")), "no offline W&B run was written"
     assert (report / "compare.html").is_file()
     assert (report / "compare.md").read_text().startswith("# Comparison of 1 run")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_files_load_and_name_real_settings(path: Path) -> None:
+    import dataclasses
+
+    from persona.losses.table import LossWeights
+
+    spec = load_sweep(path)
+    points = sweep_points(spec)
+    assert points and len(set(unique_names([run_name(p, spec.varying) for p in points]))) == len(
+        points)
+    argv = list(spec.command)
+    configs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--config"]
+    configs += [str(p["config"]) for p in points if "config" in p]
+    assert configs and all((REPO / c).is_file() for c in configs), configs
+    weights = {f.name for f in dataclasses.fields(LossWeights)}
+    for parameter in spec.parameters:
+        if parameter.name.startswith("model.losses."):
+            assert parameter.name.removeprefix("model.losses.") in weights, parameter.name
