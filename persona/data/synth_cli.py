@@ -23,8 +23,12 @@ def _resolution(text: str) -> tuple[int, int]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="persona synth", description=__doc__)
     parser.add_argument("--out", required=True, help="the subject directory to write")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                        help="tiny: a procedural body in seconds, for tests; garment: the make "
+                             "demo subject in the pose-driven garment (demo: its older name; "
+                             "default tiny)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the identity, colours and simulated faults (default 0)")
     parser.add_argument("--artifacts", type=float, default=None,
                         help="strength of the simulated diffusion faults, 0..1 (default 1)")
     parser.add_argument("--motions", nargs="+", default=None,
@@ -32,7 +36,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--test-motion", default=None, help="held-out motion of the test split")
     parser.add_argument("--resolution", type=_resolution, default=None, help="WxH")
     parser.add_argument("--frames", type=int, default=None, help="frames per generated video")
-    parser.add_argument("--body", choices=("open", "procedural"), default=None)
+    parser.add_argument("--body", choices=("open", "procedural"), default=None,
+                        help="open: the open body model (built once, cached); procedural: "
+                             "a built-in body in under a second (default: the preset's)")
     parser.add_argument("--preview", action="store_true", help="also write contact_sheet.png")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--wait", action="store_true",

@@ -51,6 +51,9 @@ from persona.render.types import Camera
 
 FRAMING_SAMPLES = 8  # motion frames posed up front to fit the camera around the whole motion
 VARIANTS = ("refined", "base")
+# --variant's help, shared by export, animate and view
+VARIANT_HELP = ("refined (default): static offsets plus the pose deformer's offsets; base: the "
+                "static offsets only (the avatar without pose-dependent deformation)")
 
 
 # ---------------------------------------------------------------------------- checkpoint wiring
@@ -219,7 +222,7 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--subject", default=None, help="subject folder (for --pose frame:...)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="default: from the --out suffix, else ply")
-    parser.add_argument("--variant", choices=VARIANTS, default="refined")
+    parser.add_argument("--variant", choices=VARIANTS, default="refined", help=VARIANT_HELP)
     parser.add_argument("--device", default="auto",
                         help="where the avatar is built, loaded and posed: auto (cuda when "
                              "available) | cpu | cuda | cuda:N")
@@ -337,11 +340,11 @@ def animate_main(argv: list[str]) -> int:
                         help="auto (frame the motion from the front) or a cam_params JSON")
     parser.add_argument("--turntable", action="store_true", help="orbit once over the clip")
     parser.add_argument("--fps", type=float, default=None, help="default: the motion's fps")
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=384, help="video width in pixels")
+    parser.add_argument("--height", type=int, default=512, help="video height in pixels")
     parser.add_argument("--renderer", default="auto",
                         help="torch | gsplat | auto (gsplat for a CUDA avatar, else torch)")
-    parser.add_argument("--variant", choices=VARIANTS, default="refined")
+    parser.add_argument("--variant", choices=VARIANTS, default="refined", help=VARIANT_HELP)
     parser.add_argument("--max-frames", type=int, default=None, help="render only the first N")
     parser.add_argument("--device", default="auto",
                         help="where the avatar is built, loaded and posed: auto (cuda when "

@@ -35,6 +35,7 @@ import torch
 from persona.atomic import replace_folder
 from persona.errors import EXIT_USER_ERROR
 from persona.export.bundle_loader import NUM_JOINTS, AvatarBundle, load_bundle, pose_means
+from persona.export.cli import VARIANT_HELP, VARIANTS
 from persona.export.compressed import VIEWER_ROOT
 
 HOST = "127.0.0.1"  # the viewer is served on the loopback interface only
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run/checkpoint: offsets for the first N frames of the motion only")
     parser.add_argument("--no-offsets", action="store_true",
                         help="run/checkpoint: plain skinning, no per-frame offsets (faster)")
-    parser.add_argument("--variant", choices=("refined", "base"), default="refined")
+    parser.add_argument("--variant", choices=VARIANTS, default="refined", help=VARIANT_HELP)
     parser.add_argument("--device", default="cpu", help="where a checkpoint is posed")
     parser.add_argument("--no-serve", action="store_true", help="only write the folder")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
