@@ -37,16 +37,23 @@ def test_the_checker_finds_an_option_without_help() -> None:
     assert options_without_help(text) == ["--variant {refined,base}", "--last"]
 
 
-@pytest.mark.parametrize("tool", sorted(TOOLS))
-def test_every_option_has_help(tool: str) -> None:
-    module, function, _ = TOOLS[tool]
+# the tools' own subcommands (argparse prints their options only under `tool sub --help`)
+SUBCOMMANDS = [("body", "check"), ("body", "build"), ("body", "show"), ("subject", "check"),
+               ("convert", "xhumans"), ("convert", "neuman")]
+
+
+@pytest.mark.parametrize("words", [(tool,) for tool in sorted(TOOLS)] + SUBCOMMANDS,
+                         ids=" ".join)
+def test_every_option_has_help(words: tuple[str, ...]) -> None:
+    module, function, _ = TOOLS[words[0]]
     main = getattr(importlib.import_module(module), function)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
-            code = main(["--help"])
+            code = main([*words[1:], "--help"])
         except SystemExit as exit_info:  # argparse's --help
             code = exit_info.code
+    command = "persona " + " ".join(words)
     assert code in (0, None)
-    assert out.getvalue().strip(), f"persona {tool} --help printed nothing"
-    assert options_without_help(out.getvalue()) == [], f"persona {tool} --help"
+    assert out.getvalue().strip(), f"{command} --help printed nothing"
+    assert options_without_help(out.getvalue()) == [], f"{command} --help"

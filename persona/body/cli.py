@@ -136,17 +136,22 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--model-path", required=True,
                        help="folder with smplx/SMPLX_{GENDER}.npz (model.body.model_path)")
     check.add_argument("--samples", type=int, default=20, help="random poses and betas")
-    check.add_argument("--flat-hand-mean", action="store_true")
+    check.add_argument("--flat-hand-mean", action="store_true",
+                       help="the hands' rest pose is flat (smplx's flat_hand_mean) instead of "
+                            "the model's mean hand pose")
     for sub, kinds in ((check, None), (commands.add_parser("build", help="build/cache a body "
                         "with its subdivision and skinning volume; print timings"), "open"),
                        (commands.add_parser("show", help="draw a body in four poses"), "open")):
         sub.add_argument("--gender", default="neutral", help="neutral | male | female")
-        sub.add_argument("--num-betas", type=int, default=10)
-        sub.add_argument("--num-expression", type=int, default=10)
+        sub.add_argument("--num-betas", type=int, default=10, help="shape coefficients")
+        sub.add_argument("--num-expression", type=int, default=10,
+                         help="expression coefficients")
         sub.add_argument("--cache-dir", default=None,
                          help="default: $PERSONA_CACHE_DIR or ~/.cache/persona")
         if kinds is not None:
-            sub.add_argument("--kind", default=kinds, choices=("open", "smplx", "procedural"))
+            sub.add_argument("--kind", default=kinds, choices=("open", "smplx", "procedural"),
+                             help="open: the open body model; smplx: SMPL-X from --model-path; "
+                                  "procedural: the built-in test body (default open)")
             sub.add_argument("--model-path", default=None, help="for --kind smplx")
     build = commands.choices["build"]
     build.add_argument("--levels", type=int, default=2, help="subdivision levels")
