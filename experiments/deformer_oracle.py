@@ -14,7 +14,10 @@ oracle does not score a clearly lower loss than "mean", the losses give the defo
 reason to learn the pose dependence (a modelling question); if it does, learning it is a
 question of optimisation and budget.
 
-    .venv/bin/python experiments/deformer_oracle.py RUN_DIR [--frames N]
+`--path K` adds the loss along the straight line from the learned offsets to the oracle, at
+K + 1 evenly spaced points (0 = learned, 1 = oracle): whether the way there is downhill.
+
+    .venv/bin/python experiments/deformer_oracle.py RUN_DIR [--frames N] [--path K]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--subject", type=Path, default=None)
     parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--path", type=int, default=0, metavar="K",
+                        help="also the loss at K + 1 points from learned (0) to oracle (1)")
     args = parser.parse_args(argv)
     from persona.avatar.deformer import DeformerOutput
     from persona.data.datamodule import collate_frames
@@ -48,19 +53,27 @@ def main(argv: list[str]) -> int:
     truth, mean_truth, picks = probe.truth, probe.mean_truth, probe.picks
     static = system.avatar.mean_offset.detach()
     original = system.deformer.forward
-    totals: dict[str, dict[str, float]] = {c: {} for c in CHOICES}
+    fractions = [k / args.path for k in range(args.path + 1)] if args.path > 0 else []
+    choices = [*CHOICES, *(f"path_{f:g}" for f in fractions)]
+    totals: dict[str, dict[str, float]] = {c: {} for c in choices}
     for row, t in picks[:args.frames]:
         batch = collate_frames([dataset[row]])
         wanted = {"oracle": truth[t][garment], "mean": mean_truth[garment],
                   "none": torch.zeros_like(mean_truth[garment])}
-        for choice in CHOICES:
+        for choice in choices:
+            fraction = float(choice.removeprefix("path_")) if choice.startswith("path_") else None
+
             def forward(*a: Any, _choice: str = choice, _wanted: dict = wanted,
-                        **k: Any) -> DeformerOutput:
+                        _fraction: float | None = fraction, **k: Any) -> DeformerOutput:
                 out = original(*a, **k)
                 if _choice == "learned":
                     return out
                 offset: Tensor = out.mean_offset.detach().clone()
-                offset[0, rows] = _wanted[_choice] - static[rows]
+                oracle = _wanted["oracle"] - static[rows]
+                if _fraction is None:
+                    offset[0, rows] = _wanted[_choice] - static[rows]
+                else:  # the straight line from the learned offsets to the oracle's
+                    offset[0, rows] = (1 - _fraction) * offset[0, rows] + _fraction * oracle
                 return DeformerOutput(offset.requires_grad_(), out.scale_offset, out.rgb_offset)
 
             system.deformer.forward = forward

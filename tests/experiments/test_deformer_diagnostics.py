@@ -142,8 +142,12 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     assert set(in_parameters["terms"]) <= deformer_terms | {"lap_mean_posed"}
     for key in ("cosine_summed", "cosine_per_frame_mean", "coherence", "truth_coherence"):
         assert -1.0 <= in_parameters[key] <= 1.0 and math.isfinite(in_parameters[key]), key
-    assert _load("deformer_oracle").main([str(run), "--frames", "2"]) == 0
+    assert _load("deformer_oracle").main([str(run), "--frames", "2", "--path", "2"]) == 0
     oracle = json.loads(capsys.readouterr().out)
+    # the straight line from the learned offsets to the oracle starts and ends at both
+    assert oracle["path_0"]["total"] == pytest.approx(oracle["learned"]["total"])
+    assert oracle["path_1"]["total"] == pytest.approx(oracle["oracle"]["total"])
+    assert oracle["path_0.5"]["total"] != pytest.approx(oracle["learned"]["total"], rel=1e-9)
     learned, truth = oracle["learned"]["terms"], oracle["oracle"]["terms"]
     assert learned["image_base"] == pytest.approx(truth["image_base"])  # base: no deformer
     assert learned["image_refined"] != pytest.approx(truth["image_refined"], rel=1e-9)
