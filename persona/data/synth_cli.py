@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 
 from persona.data.garment import GarmentSettings
 from persona.data.synth import PRESETS, preset_config, synthesize
+from persona.data.synth.config import FaultSettings
 from persona.locks import lock_replaced_folder
 
 
@@ -49,6 +50,14 @@ def main(argv: list[str]) -> int:
         garment.add_argument(f"--garment.{setting.name}", dest=f"garment_{setting.name}",
                              type=float, default=None, metavar="VALUE",
                              help=f"default {setting.default}")
+    faults = parser.add_argument_group(
+        "faults", "one simulated diffusion fault at a time (persona/data/synth/config.py "
+        "FaultSettings, the values at --artifacts 1; 0 turns that fault off and leaves the "
+        "others' random draws unchanged)")
+    for setting in fields(FaultSettings):
+        faults.add_argument(f"--faults.{setting.name}", dest=f"faults_{setting.name}",
+                            type=float, default=None, metavar="VALUE",
+                            help=f"default {setting.default}")
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error("--frames must be >= 1")
@@ -60,9 +69,12 @@ def main(argv: list[str]) -> int:
         motions=tuple(args.motions) if args.motions else None, test_motion=args.test_motion,
         width=width, height=height, frames=args.frames, body=args.body, preview=args.preview)
     changed = {s.name: getattr(args, f"garment_{s.name}") for s in fields(GarmentSettings)}
+    faulted = {s.name: getattr(args, f"faults_{s.name}") for s in fields(FaultSettings)}
     try:
         config.garment = replace(config.garment, **{k: v for k, v in changed.items()
                                                     if v is not None})
+        config.faults = replace(config.faults, **{k: v for k, v in faulted.items()
+                                                  if v is not None})
     except ValueError as error:
         parser.error(str(error))
     with lock_replaced_folder(args.out, "persona synth", wait=args.wait or None):

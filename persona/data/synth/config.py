@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from persona.data.garment import GarmentSettings
@@ -26,6 +26,13 @@ class FaultSettings:
     pose_noise_hands: float = 0.1  # rad: std of the written finger pose error
     pose_noise_root: float = 0.02  # rad: std of the written root orientation error
     transl_noise: float = 0.01  # m: std of the written translation error
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value < 0 or (item.name == "drift_reference_angle" and value == 0):
+                bound = "> 0" if item.name == "drift_reference_angle" else ">= 0"
+                raise ValueError(f"FaultSettings.{item.name}: expected {bound}, got {value}")
 
 
 @dataclass
