@@ -144,41 +144,62 @@ def flat_grad(value: Tensor, params: list[Tensor]) -> Tensor:
                       for g, p in zip(grads, params, strict=True)])
 
 
+def coherence(dirs: Tensor) -> float:
+    """dirs [F, P]: |sum of the directions| / sum of their norms (1: every frame agrees)."""
+    return float(dirs.sum(0).norm() / dirs.norm(dim=1).sum().clamp(min=1e-30))
+
+
 def direction_summary(loss_dirs: Tensor, truth_dirs: Tensor) -> dict[str, float]:
     """loss_dirs, truth_dirs [F, P]: per-frame descent directions of the training loss and of
     the 3D loss. -> cosine of their sums, mean per-frame cosine, coherence of the loss's."""
     cos = torch.nn.functional.cosine_similarity
-    summed = loss_dirs.sum(0)
-    return {"cosine_summed": float(cos(summed, truth_dirs.sum(0), dim=0)),
+    return {"cosine_summed": float(cos(loss_dirs.sum(0), truth_dirs.sum(0), dim=0)),
             "cosine_per_frame_mean": float(cos(loss_dirs, truth_dirs, dim=1).mean()),
-            "coherence": float(summed.norm() / loss_dirs.norm(dim=1).sum().clamp(min=1e-30))}
+            "coherence": coherence(loss_dirs)}
+
+
+def loss_3d(offsets: Tensor, target: Tensor) -> Tensor:
+    """1/2 |offsets - target|^2 summed: the 3D loss whose descent `--parameters` compares."""
+    return 0.5 * ((offsets - target) ** 2).sum()
+
+
+def frame_directions(probe: Probe, pick: tuple[int, int], params: list[Tensor]
+                     ) -> tuple[dict[str, Tensor], Tensor, float]:
+    """One generated frame (dataset row, pose t): the descent direction [P] in `params` of each
+    weighted loss term that reaches them, and of the 3D loss towards (truth in the frame's true
+    pose - the run's static offset) over the garment Gaussians. The training loss's direction
+    is the sum of the terms' (total_loss is their weighted sum). Also the 3D loss's value."""
+    from persona.data.datamodule import collate_frames
+
+    row, t = pick
+    terms, offsets = captured_terms(probe.system, collate_frames([probe.dataset[row]]))
+    static = probe.system.avatar.mean_offset.detach()[probe.rows]  # [G, 3]
+    target = probe.truth[t][probe.garment] - static  # [G, 3] what the deformer should add
+    truth_loss = loss_3d(offsets[0, probe.rows], target)
+    truth_dir = -flat_grad(truth_loss, params)
+    term_dirs = {name: -flat_grad(value * weight, params)
+                 for name, (value, weight) in terms.items()
+                 if float(weight) != 0 and value.requires_grad}
+    return term_dirs, truth_dir, float(truth_loss)
 
 
 def parameter_report(probe: Probe, frames: int) -> dict[str, Any]:
     """The module docstring's `--parameters` report over the first `frames` picks."""
-    from persona.data.datamodule import collate_frames
-    from persona.losses import terms as loss_terms
-
-    system, rows, garment = probe.system, probe.rows, probe.garment
-    params = [p for p in system.deformer.parameters() if p.requires_grad]
-    static = system.avatar.mean_offset.detach()[rows]  # [G, 3]
+    params = [p for p in probe.system.deformer.parameters() if p.requires_grad]
     loss_dirs, truth_dirs, per_term = [], [], {}
-    for row, t in probe.picks[:frames]:
-        terms, offsets = captured_terms(system, collate_frames([probe.dataset[row]]))
-        target = probe.truth[t][garment] - static  # [G, 3] what the deformer should add
-        loss_dirs.append(-flat_grad(loss_terms.total_loss(terms), params))
-        truth_dirs.append(-flat_grad(0.5 * ((offsets[0, rows] - target) ** 2).sum(), params))
-        for name, (value, weight) in terms.items():
-            if float(weight) != 0 and value.requires_grad:
-                direction = -flat_grad(value * weight, params)
-                per_term[name] = per_term.get(name, 0.0) + direction
+    for pick in probe.picks[:frames]:
+        term_dirs, truth_dir, _ = frame_directions(probe, pick, params)
+        loss_dirs.append(sum(term_dirs.values(), torch.zeros_like(truth_dir)))
+        truth_dirs.append(truth_dir)
+        for name, direction in term_dirs.items():
+            per_term[name] = per_term.get(name, 0.0) + direction
     loss_stack, truth_stack = torch.stack(loss_dirs), torch.stack(truth_dirs)
     truth_sum = truth_stack.sum(0)
     cos = torch.nn.functional.cosine_similarity
     terms_out = {name: {"norm": float(d.norm()), "cosine": float(cos(d, truth_sum, dim=0))}
                  for name, d in per_term.items() if float(d.norm()) > 0}
     return {"frames": frames, **direction_summary(loss_stack, truth_stack),
-            "truth_coherence": direction_summary(truth_stack, truth_stack)["coherence"],
+            "truth_coherence": coherence(truth_stack),
             "terms": dict(sorted(terms_out.items(), key=lambda kv: -kv[1]["norm"]))}
 
 

@@ -37,6 +37,11 @@ from deformer_gradients import captured_terms, load_probe  # noqa: E402
 CHOICES = ("learned", "oracle", "mean", "none")
 
 
+def line_offsets(learned: Tensor, oracle: Tensor, fraction: float) -> Tensor:
+    """The point `fraction` of the way along the straight line from learned to oracle [G, 3]."""
+    return (1 - fraction) * learned + fraction * oracle
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -51,29 +56,28 @@ def main(argv: list[str]) -> int:
     probe = load_probe(args.run_dir, args.subject)
     system, dataset, rows, garment = probe.system, probe.dataset, probe.rows, probe.garment
     truth, mean_truth, picks = probe.truth, probe.mean_truth, probe.picks
-    static = system.avatar.mean_offset.detach()
+    static = system.avatar.mean_offset.detach()[rows]  # [G, 3]
     original = system.deformer.forward
-    fractions = [k / args.path for k in range(args.path + 1)] if args.path > 0 else []
-    choices = [*CHOICES, *(f"path_{f:g}" for f in fractions)]
-    totals: dict[str, dict[str, float]] = {c: {} for c in choices}
+    # the line's end points are "learned" and "oracle" themselves: only the inside is evaluated
+    inside = [k / args.path for k in range(1, args.path)] if args.path > 0 else []
+    choices: list[tuple[str, float | None]] = [(c, None) for c in CHOICES]
+    choices += [(f"path_{f:g}", f) for f in inside]
+    totals: dict[str, dict[str, float]] = {c: {} for c, _ in choices}
     for row, t in picks[:args.frames]:
         batch = collate_frames([dataset[row]])
-        wanted = {"oracle": truth[t][garment], "mean": mean_truth[garment],
-                  "none": torch.zeros_like(mean_truth[garment])}
-        for choice in choices:
-            fraction = float(choice.removeprefix("path_")) if choice.startswith("path_") else None
+        # what the deformer adds to the static offset for each choice [G, 3]
+        target = {"oracle": truth[t][garment] - static, "mean": mean_truth[garment] - static,
+                  "none": -static}
+        for choice, fraction in choices:
 
-            def forward(*a: Any, _choice: str = choice, _wanted: dict = wanted,
-                        _fraction: float | None = fraction, **k: Any) -> DeformerOutput:
+            def forward(*a: Any, _choice: str = choice, _fraction: float | None = fraction,
+                        _target: dict = target, **k: Any) -> DeformerOutput:
                 out = original(*a, **k)
                 if _choice == "learned":
                     return out
                 offset: Tensor = out.mean_offset.detach().clone()
-                oracle = _wanted["oracle"] - static[rows]
-                if _fraction is None:
-                    offset[0, rows] = _wanted[_choice] - static[rows]
-                else:  # the straight line from the learned offsets to the oracle's
-                    offset[0, rows] = (1 - _fraction) * offset[0, rows] + _fraction * oracle
+                offset[0, rows] = (_target[_choice] if _fraction is None else
+                                   line_offsets(offset[0, rows], _target["oracle"], _fraction))
                 return DeformerOutput(offset.requires_grad_(), out.scale_offset, out.rgb_offset)
 
             system.deformer.forward = forward
@@ -85,6 +89,9 @@ def main(argv: list[str]) -> int:
             entry = totals[choice]
             for name, (value, weight) in terms.items():
                 entry[name] = entry.get(name, 0.0) + float(value) * float(weight) / args.frames
+    if args.path > 0:  # in order along the line
+        line = {c: totals.pop(c) for c, f in choices if f is not None}
+        totals |= {"path_0": totals["learned"], **line, "path_1": totals["oracle"]}
     report = {}
     for choice, entry in totals.items():
         report[choice] = {"total": sum(entry.values()),

@@ -142,12 +142,36 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     assert set(in_parameters["terms"]) <= deformer_terms | {"lap_mean_posed"}
     for key in ("cosine_summed", "cosine_per_frame_mean", "coherence", "truth_coherence"):
         assert -1.0 <= in_parameters[key] <= 1.0 and math.isfinite(in_parameters[key]), key
+    # the 3D direction descends: a step along it lowers the 3D loss, a step against it raises it
+    probe = _load("deformer_gradients").load_probe(run, None)
+    params = [p for p in probe.system.deformer.parameters() if p.requires_grad]
+    frame_directions = _load("deformer_gradients").frame_directions
+    _, truth_dir, before = frame_directions(probe, probe.picks[0], params)
+    assert before > 0 and truth_dir.norm() > 0
+    after = {}
+    for sign in (1.0, -1.0):
+        step = sign * 0.05 * before / truth_dir.norm() ** 2 * truth_dir  # ~5 % of the loss
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(
+                torch.nn.utils.parameters_to_vector(params) + step, params)
+        after[sign] = frame_directions(probe, probe.picks[0], params)[2]
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(
+                torch.nn.utils.parameters_to_vector(params) - step, params)
+    assert after[1.0] < before < after[-1.0]
     assert _load("deformer_oracle").main([str(run), "--frames", "2", "--path", "2"]) == 0
     oracle = json.loads(capsys.readouterr().out)
-    # the straight line from the learned offsets to the oracle starts and ends at both
-    assert oracle["path_0"]["total"] == pytest.approx(oracle["learned"]["total"])
-    assert oracle["path_1"]["total"] == pytest.approx(oracle["oracle"]["total"])
+    # the straight line from the learned offsets to the oracle: its end points are the two
+    # (not evaluated twice), its inside is evaluated on its own and lies in between
+    assert list(oracle)[-3:] == ["path_0", "path_0.5", "path_1"]
+    assert oracle["path_0"] == oracle["learned"] and oracle["path_1"] == oracle["oracle"]
     assert oracle["path_0.5"]["total"] != pytest.approx(oracle["learned"]["total"], rel=1e-9)
+    assert oracle["path_0.5"]["total"] != pytest.approx(oracle["oracle"]["total"], rel=1e-9)
+    line = _load("deformer_oracle").line_offsets
+    learned_offsets, oracle_offsets = torch.zeros(2, 3), torch.ones(2, 3)
+    assert torch.equal(line(learned_offsets, oracle_offsets, 0.0), learned_offsets)
+    assert torch.equal(line(learned_offsets, oracle_offsets, 1.0), oracle_offsets)
+    assert torch.equal(line(learned_offsets, oracle_offsets, 0.25), torch.full((2, 3), 0.25))
     learned, truth = oracle["learned"]["terms"], oracle["oracle"]["terms"]
     assert learned["image_base"] == pytest.approx(truth["image_base"])  # base: no deformer
     assert learned["image_refined"] != pytest.approx(truth["image_refined"], rel=1e-9)
