@@ -39,6 +39,7 @@ from persona.export.poses import (  # noqa: F401  (re-exported: the public names
     posed_frame,
 )
 from persona.export.sequence import SEQUENCE_INDEX, write_ply_sequence
+from persona.export.variants import VARIANT_HELP, VARIANTS
 from persona.export.video import (
     DEFAULT_FOV_DEG,
     RenderTiming,
@@ -50,10 +51,6 @@ from persona.export.video import (
 from persona.render.types import Camera
 
 FRAMING_SAMPLES = 8  # motion frames posed up front to fit the camera around the whole motion
-VARIANTS = ("refined", "base")
-# --variant's help, shared by export, animate and view
-VARIANT_HELP = ("refined (default): static offsets plus the pose deformer's offsets; base: the "
-                "static offsets only (the avatar without pose-dependent deformation)")
 
 
 # ---------------------------------------------------------------------------- checkpoint wiring

@@ -35,8 +35,8 @@ import torch
 from persona.atomic import replace_folder
 from persona.errors import EXIT_USER_ERROR
 from persona.export.bundle_loader import NUM_JOINTS, AvatarBundle, load_bundle, pose_means
-from persona.export.cli import VARIANT_HELP, VARIANTS
 from persona.export.compressed import VIEWER_ROOT
+from persona.export.variants import VARIANT_HELP, VARIANTS
 
 HOST = "127.0.0.1"  # the viewer is served on the loopback interface only
 DATA_FORMAT = "persona_viewer_data"  # avatar.json "format" (viewer/src/avatar.js checks it)

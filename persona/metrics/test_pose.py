@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from persona.avatar.frame_params import FrameParams
+from persona.avatar.posing import VARIANTS
 from persona.body.types import PoseParams
 from persona.losses import geometry as geo_losses
 from persona.losses.image import image_loss_map
 
-VARIANTS = ("base", "refined")
 # Rendered alpha above which a pixel's normal is scored (as in training, persona/system.py).
 NORMAL_VALID_ALPHA = 0.5
 # Ground-truth mask value above which a pixel is foreground for the seg loss (as in training).
