@@ -11,6 +11,7 @@ from experiment_scripts import load_script
 
 from persona.cli import main as persona_main
 from persona.data.synth import (
+    FaultSettings,
     build_avatar,
     garment_regions,
     load_synth_body,
@@ -191,6 +192,16 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     for name in ("no_offset", "truth_offsets_relookup", "truth_offsets_fixed_weights"):
         assert math.isfinite(lookup["garment"][name]["mean_mm"]), name
 
+    # experiments/pose_refinement.py: the written poses are the true ones plus the synth's pose
+    # noise (0.04 rad per axis: a mean angle of 0.04 sqrt(8 / pi) rad = 3.7 deg; frames matched
+    # to the wrong true pose would be tens of degrees off); two steps at lr 1e-3 move a joint by
+    # at most ~0.1 deg
+    refinement = _load("pose_refinement").refinement_report(run, None)
+    noise_deg = math.degrees(FaultSettings().pose_noise_body * math.sqrt(8 / math.pi))
+    assert refinement["written"]["body"] == pytest.approx(noise_deg, rel=0.25)
+    assert abs(refinement["fitted"]["body"] - refinement["written"]["body"]) < 0.2
+    assert refinement["written"]["transl_mm"] > 1.0
+
     # experiments/deformer_split.py: every garment part of the synth, finite numbers
     capsys.readouterr()
     assert _load("deformer_split").main([str(run), "--poses", "4"]) == 0
@@ -249,6 +260,24 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
         at_truth[bool(flags)] = frame["loss_at_truth"]
     assert frame["loss_at_truth"] < frame["trace"][0]["loss"]
     assert at_truth[True] < at_truth[False]
+
+
+def test_pose_refinement_angles() -> None:
+    refinement = _load("pose_refinement")
+    a = torch.tensor([[0.0, 0.0, 0.3]])
+    assert float(refinement.rotation_angle_deg(a, a)) == pytest.approx(0.0, abs=1e-6)
+    assert float(refinement.rotation_angle_deg(a, torch.tensor([[0.0, 0.0, 0.5]]))) == \
+        pytest.approx(math.degrees(0.2))
+    assert float(refinement.rotation_angle_deg(a, torch.tensor([[0.2, 0.0, 0.3]]))) > 0
+    true = torch.zeros(2, 55, 3)
+    other = true.clone()
+    other[:, 1, 0] = 0.1  # left hip only
+    errors = refinement.group_errors(true, other)
+    assert errors["hips"] == pytest.approx(math.degrees(0.1) / 2)
+    assert errors["knees"] == errors["root"] == 0.0
+    assert errors["body"] == pytest.approx(math.degrees(0.1) / 21)
+    assert refinement.removed_share(4.0, 1.0) == 0.75
+    assert refinement.removed_share(4.0, 5.0) == -0.25
 
 
 def test_parameter_directions_summary_and_frame_draws() -> None:
