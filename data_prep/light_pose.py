@@ -31,6 +31,7 @@ crop corners as pixel indices, so the convention is only good to about half a cr
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import subprocess
@@ -39,12 +40,13 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
 from data_prep.stage import NUM_KEYPOINTS, PrepStage, keypoints_to_json
+from persona.atomic import atomic_write
 from persona.data.subject import file_sha256
 
 # ----------------------------------------------------------------------------------------------
@@ -655,16 +657,19 @@ def extract_models(tarball: str | Path, dest: str | Path) -> list[Path]:
             source = archive.extractfile(member)
             if source is None:
                 raise ValueError(f"{tarball}: no member {member}")
-            temporary = dest / f".{name}.tmp"
-            with open(temporary, "wb") as handle:
-                shutil.copyfileobj(source, handle)
-            actual = file_sha256(temporary)
-            if actual != expected:
-                temporary.unlink()
-                raise ValueError(f"{tarball}: {member} has sha256 {actual}, expected {expected}")
-            temporary.replace(dest / name)
-            written.append(dest / name)
+            written.append(atomic_write(dest / name, functools.partial(
+                copy_checked, source=source, expected=expected, where=f"{tarball}: {member}")))
     return written
+
+
+def copy_checked(target: Path, source: IO[bytes], expected: str, where: str) -> None:
+    """Copy `source` into the file `target`; ValueError naming `where` when the bytes' sha256
+    is not `expected`."""
+    with open(target, "wb") as handle:
+        shutil.copyfileobj(source, handle)
+    actual = file_sha256(target)
+    if actual != expected:
+        raise ValueError(f"{where} has sha256 {actual}, expected {expected}")
 
 
 def install(dest: str | Path = DEFAULT_MODEL_DIR) -> list[Path]:

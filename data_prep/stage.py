@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from persona.atomic import TEMPORARY_NAME
 from persona.data.subject import (
     FRAME_LIST_NAME,
     FramePaths,
@@ -48,9 +49,6 @@ MASK_ON = 255  # docs/SUBJECT_FORMAT.md: masks are mode L, 255 = person
 MASK_THRESHOLD = 128  # an 8-bit mask pixel >= this reads as person
 IMAGE_GLOB = "*.png"  # docs/SUBJECT_FORMAT.md: images/{i}.png
 SHAPE_RELPATH = "smplx_optimized/shape_param.json"  # the fitted shape (fit stage)
-# the temporary name persona.data.subject.atomic_write_bytes writes before its rename,
-# ".{name}.tmp-{pid}": one left in a subject is a write killed before its rename
-TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,7 +179,9 @@ def subject_body_spec(body_config: dict[str, Any], where: str | Path) -> Any:
 
 
 def stale_temporaries(root: str | Path) -> list[Path]:
-    """The temporary files of atomic writes under ``root`` that never reached their rename."""
+    """The temporary files of atomic writes under ``root`` that never reached their rename:
+    names persona.atomic.TEMPORARY_NAME matches whole, ".{name}.tmp-{pid}-{random}{suffix}" (and
+    the earlier writers' ".{name}.tmp-{pid}")."""
     return sorted(path for path in Path(root).rglob(".*")
                   if path.is_file() and TEMPORARY_NAME.fullmatch(path.name))
 

@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shlex
 import shutil
 import subprocess
@@ -46,6 +45,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from persona.atomic import atomic_write_text
 
 # the seed statistics `persona compare` uses too (mean, sample std, pooled-std effect size)
 from persona.study.compare import (  # pooled_std: part of this script's interface
@@ -337,10 +338,7 @@ def finite_or_none(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic write (a kill never leaves half a row)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(finite_or_none(data), indent=1) + "\n")
-    os.replace(partial, path)
+    atomic_write_text(path, json.dumps(finite_or_none(data), indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------- identity scores

@@ -290,10 +290,9 @@ def write_result(result: dict[str, Any], out: Path | None) -> int:
     """Print the JSON; also write it to `out` (atomically) when given."""
     text = json.dumps(result, indent=1)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        from persona.atomic import atomic_write_text
+
+        atomic_write_text(out, text)
     print(text)
     return 0
 

@@ -46,12 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int, nargs="+", default=list(FRAMES_DEFAULT))
     args = parser.parse_args(argv)
+    from persona.atomic import atomic_write
+
     grid = result_grid(Path(args.ckpt), tuple(args.rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    tmp.replace(out)
+    out = atomic_write(Path(args.out), lambda temporary: Image.fromarray(grid).save(
+        temporary, format="PNG"))
     print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]})")
     return 0
 

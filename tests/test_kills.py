@@ -263,10 +263,11 @@ PREP_SUBJECT_FILES = ("subject.json", "smplx_optimized")  # the subject's own fi
 FOOTFIX_MARKER = "footfix.json"  # data_prep.footfix: the one output with a wall-time field
 FOOTFIX_TIMING = ("diagnostics", "seconds")
 FOOTFIX_STATE_KEY = "state"  # footfix.json while the fix is being written: "in progress"
-# the temporary names the prep writers use: persona.data.subject.atomic_write_bytes writes
-# ".{name}.tmp-{pid}" then renames (init_subject's ".{name}.partial" folder is the subject's
-# sibling, outside it); PARTIAL_MARKERS (".tmp") finds both kinds of name
-PREP_TEMPORARY = re.compile(r"\..+\.tmp-\d+")
+# the temporary names the prep writers use: persona.atomic.atomic_write writes
+# ".{name}.tmp-{pid}-{random}{suffix}" then renames (the earlier writers ".{name}.tmp-{pid}";
+# init_subject's ".{name}.partial" folder is the subject's sibling, outside it);
+# PARTIAL_MARKERS (".tmp") finds both kinds of name. Matched whole (fullmatch)
+PREP_TEMPORARY = re.compile(r"\..+\.tmp-\d+(?:-[a-z0-9_]+(?:\.[^.]+)?)?")
 # a stage's kill moment, in units of its write window (first write to exit, measured on the
 # uninterrupted chain) from the killed run's own first write (its start-up time varies with the
 # machine's load): uniform in [-PREP_KILL_LEAD, 1 + PREP_KILL_LAG]; a negative one kills that
@@ -502,7 +503,7 @@ def test_foot_fix_killed_between_its_params_reruns_from_the_driving_ankles(
     in_progress = {"frames": marker["frames"], "driving_ankles": marker["driving_ankles"],
                    FOOTFIX_STATE_KEY: "in progress"}
     (subject / params.parent / FOOTFIX_MARKER).write_text(json.dumps(in_progress))
-    temporary = subject / params / ".2.json.tmp-4242"
+    temporary = subject / params / ".2.json.tmp-4242-k3x9q_7z.json"  # atomic_write's name
     temporary.write_text('{"body_pose": [0.0, ')  # cut short
     assert partial_files(subject) == [temporary]
     run_to_end(prep_commands(subject, prep_reference["weights"])[-1])

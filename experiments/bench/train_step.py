@@ -507,10 +507,9 @@ def check_subject(subject: Path) -> None:
 
 def write_json(path: Path, document: dict) -> None:
     """Write via a temporary name in the same folder, then rename (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(temporary, path)
+    from persona.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(document, indent=1) + "\n")
 
 
 def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from persona.body.cache import atomic_write_text, resolve_cache_dir, settings_key
+from persona.atomic import atomic_write_text
+from persona.body.cache import resolve_cache_dir, settings_key
 from persona.body.fitting import fit_joint_regressor, smooth_vertex_field, smplx_arrays
 from persona.body.smplx_format import check_gender, model_file_name, write_smplx_npz
 from persona.body.types import JAW_JOINT, SMPLX_JOINT_NAMES, SMPLX_PARENTS

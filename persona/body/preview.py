@@ -49,7 +49,7 @@ def save_views(path: str | Path, meshes: list[tuple[np.ndarray, np.ndarray, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from persona.body.cache import atomic_write
+    from persona.atomic import atomic_write
 
     size = (panel_size * len(meshes), panel_size * 1.4)
     figure, axes = plt.subplots(1, len(meshes), figsize=size)

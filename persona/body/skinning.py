@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from persona.body.cache import atomic_write, atomic_write_text, resolve_cache_dir
+from persona.atomic import atomic_write, atomic_write_text
+from persona.body.cache import resolve_cache_dir
 from persona.body.types import FINGER_JOINTS, NUM_JOINTS
 
 # 13-point Gaussian-extent lookup: offsets in units of sigma and their weights (METHOD.md 2).

@@ -13,14 +13,14 @@ Missing panels are skipped; other keys are appended in sorted order (3 channels 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback
 from torch import Tensor
+
+from persona.atomic import atomic_write
 
 GRID_ORDER = ("target", "render", "error", "alpha", "depth", "normal", "seg", "seams")
 ERROR_FULL_SCALE = 0.25  # an absolute error of 0.25 (per channel mean) maps to the hottest colour
@@ -99,17 +99,8 @@ def save_png(path: Path, image: np.ndarray) -> Path:
     """Atomic PNG write of a uint8 [H, W, 3] image."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.png",
-                                     delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda temporary: Image.fromarray(image).save(temporary,
+                                                                            format="PNG"))
 
 
 def log_image_to_loggers(loggers: list, key: str, image: np.ndarray, step: int,

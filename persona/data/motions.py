@@ -26,8 +26,8 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.spatial.transform import Rotation
 
+from persona.atomic import atomic_write_bytes
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES
-from persona.data.subject import atomic_write_bytes
 
 BUILTIN_MOTIONS: tuple[str, ...] = ("rotation", "punches", "kicks", "dance", "wave", "march",
                                     "kicks_side")

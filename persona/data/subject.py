@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from persona.atomic import atomic_write_bytes
 from persona.body.types import NUM_JOINTS, Identity, PoseParams
 from persona.data.palette import rgb_to_labels
 from persona.render.types import Camera
@@ -156,16 +156,6 @@ def is_generated(split: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Atomic writers
 # ----------------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
 HASH_CHUNK_BYTES = 1 << 20  # read size of file_sha256
 
 

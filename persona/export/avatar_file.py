@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from persona.atomic import atomic_write
 from persona.data.subject import file_sha256
 from persona.errors import UserError, one_line
 
@@ -99,20 +99,15 @@ def subject_payload(datamodule: Any) -> dict[str, Any]:
 
 def save_atomic(payload: Mapping[str, Any], path: Path) -> int:
     """torch.save to a temporary sibling, then rename onto `path`; returns the size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        with open(tmp, "wb") as handle:  # a file object: the zip's records are "archive/..."
-            torch.save(dict(payload), handle)  # (a path would name them after the temp file)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.stat().st_size
+    return atomic_write(path, lambda temporary: save_synced(payload, temporary)).stat().st_size
+
+
+def save_synced(payload: Mapping[str, Any], target: Path) -> None:
+    """torch.save into the file `target`, flushed to the disk."""
+    with open(target, "wb") as handle:  # a file object: the zip's records are "archive/..."
+        torch.save(dict(payload), handle)  # (a path would name them after the temp file)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_avatar_file(ckpt: str | os.PathLike, out: str | os.PathLike) -> AvatarFileResult:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from persona.atomic import atomic_write
 from persona.export.ply import SH_C0
 
 VIEWER_ROOT = Path(__file__).resolve().parents[2] / "viewer"  # package.json + node_modules
@@ -128,19 +129,9 @@ def ply_to_spz(ply: str | os.PathLike, out: str | os.PathLike,
     out = Path(out)
     if out.suffix != SPZ_SUFFIX:
         raise ValueError(f"--out {out}: an SPZ file ends in {SPZ_SUFFIX}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=out.name + ".",
-                                     suffix=".tmp" + SPZ_SUFFIX, delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        convert_with_splat_transform(Path(ply), tmp, actions=["-H", "0"],
-                                     extra=["--spz-version", str(SPZ_WRITE_VERSION)],
-                                     viewer_root=viewer_root)
-        tmp.chmod(0o644)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, lambda temporary: convert_with_splat_transform(
+        Path(ply), temporary, actions=["-H", "0"],
+        extra=["--spz-version", str(SPZ_WRITE_VERSION)], viewer_root=viewer_root))
 
 
 def write_spz(path: str | os.PathLike, means, log_scales, quats_wxyz, opacity_logit,

@@ -10,13 +10,14 @@ quaternion, normals zero unless given.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from persona.atomic import atomic_write
 
 SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic, 1 / (2 sqrt(pi))
 NUM_SH_REST = 45  # degree-3 SH: 15 coefficients x 3 colours beyond the DC term
@@ -73,18 +74,6 @@ def _collect(means, log_scales, quats_wxyz, opacity_logit, rgb, normals) -> Gaus
     return arrays
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
-                                     suffix=".tmp" + path.suffix, delete=False) as handle:
-        return Path(handle.name)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
-
-
 def write_gaussians_ply(path: str | os.PathLike, means: Tensor | np.ndarray,
                         log_scales: Tensor | np.ndarray, quats_wxyz: Tensor | np.ndarray,
                         opacity_logit: Tensor | np.ndarray, rgb: Tensor | np.ndarray,
@@ -102,15 +91,8 @@ def write_gaussians_ply(path: str | os.PathLike, means: Tensor | np.ndarray,
     vertex = np.empty(n, dtype=[(name, "<f4") for name in PLY_PROPERTIES])
     for i, name in enumerate(PLY_PROPERTIES):
         vertex[name] = columns[:, i]
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        PlyData([PlyElement.describe(vertex, "vertex")], text=False,
-                byte_order="<").write(str(tmp))
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    ply = PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<")
+    return atomic_write(path, lambda temporary: ply.write(str(temporary)))
 
 
 def read_gaussians_ply(path: str | os.PathLike) -> GaussianArrays:
@@ -146,19 +128,18 @@ def read_gaussians_ply(path: str | os.PathLike) -> GaussianArrays:
 
 def write_gaussians_npz(path: str | os.PathLike, arrays: dict[str, Tensor | np.ndarray]) -> Path:
     """Full-fidelity dump: every array as given (activated Gaussians, every channel, metadata)."""
-    path = Path(path)
     converted = {}
     for key, value in arrays.items():
         converted[key] = value.detach().cpu().numpy() if isinstance(value, Tensor) \
             else np.asarray(value)
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **converted)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda temporary: savez_into(temporary, converted))
+
+
+def savez_into(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed into the file `target` as named (given a path, numpy would add
+    .npz to a name without it)."""
+    with open(target, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def logit(p: Tensor, eps: float = 1e-6) -> Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from persona.atomic import atomic_write
 from persona.render.types import Camera, ChannelGroup, Gaussians, RenderSettings
 
 WORLD_UP = (0.0, 1.0, 0.0)  # SMPL-X world: y up
@@ -37,8 +37,6 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray | Sequence[np.ndarray]
 
     quality: imageio-ffmpeg's 0-10 scale (10 best).
     """
-    import imageio_ffmpeg
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"write_mp4 {path}: frames must be [T, H, W, 3] with T >= 1, "
@@ -48,26 +46,21 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray | Sequence[np.ndarray]
     if not fps > 0:
         raise ValueError(f"write_mp4 {path}: fps must be > 0, got {fps}")
     frames = pad_to_even(frames)
+    return atomic_write(path, lambda temporary: encode_mp4(temporary, frames, fps, quality))
+
+
+def encode_mp4(target: Path, frames: np.ndarray, fps: float, quality: int) -> None:
+    """Encode checked uint8 frames [T, H, W, 3] (H, W even) into the mp4 `target`."""
+    import imageio_ffmpeg
+
     _, h, w, _ = frames.shape
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".",
-                                     suffix=".tmp.mp4", delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", quality=quality, macro_block_size=2,
-            ffmpeg_log_level="error")
-        writer.send(None)  # start the generator
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    writer = imageio_ffmpeg.write_frames(
+        str(target), (w, h), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p", quality=quality, macro_block_size=2, ffmpeg_log_level="error")
+    writer.send(None)  # start the generator
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
 
 
 def look_at(position: Tensor, target: Tensor, up: Sequence[float] = WORLD_UP) -> tuple[Tensor,

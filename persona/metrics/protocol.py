@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from persona.atomic import atomic_write_text
 from persona.metrics.geometry import (
     DEPTH_ALIGNMENTS,
     MASK_THRESHOLD,
@@ -294,15 +294,8 @@ def _nan_to_none(value: object) -> object:
 
 
 def write_json_atomic(path: str | os.PathLike, data: object) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp",
-                                     delete=False) as handle:
-        json.dump(data, handle, indent=1, allow_nan=False)
-        tmp = Path(handle.name)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
-    return path
+    """Strict JSON (a NaN or infinity raises ValueError) written atomically; `path`."""
+    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
 
 __all__ = ["CropBox", "EvalProtocol", "FLAG_KEYS", "MASK_THRESHOLD", "MetricsReport",

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from persona.body.cache import atomic_write
+from persona.atomic import atomic_write_bytes, atomic_write_text
 from persona.errors import UserError, nearest_keys
 
 DEFAULT_OUT = "compare"
@@ -810,22 +809,6 @@ def run_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
 
 
 # ---------------------------------------------------------------------------- writing
-def write_atomic(path: Path, text: str) -> Path:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False, encoding="utf-8",
-                                     newline="") as handle:
-        handle.write(text)
-        temporary = Path(handle.name)
-    try:
-        temporary.chmod(0o644)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
 def build_comparison(patterns: Sequence[str], by: Sequence[str] = (),
                      metrics: Sequence[str] | None = None, baseline: str | None = None
                      ) -> Comparison:
@@ -890,16 +873,15 @@ def write_reports(comparison: Comparison, out: Path, curve_names: Sequence[str],
     media = media_cells(comparison.groups, media_per_group)
     written = {}
     if metric_png is not None:
-        written["figure"] = atomic_write(out / FIGURE_NAME,
-                                         lambda path: path.write_bytes(metric_png))
+        written["figure"] = atomic_write_bytes(out / FIGURE_NAME, metric_png)
     else:  # no figure this time: an earlier comparison's must not pass for this one's
         (out / FIGURE_NAME).unlink(missing_ok=True)
     return {**written,
-        "markdown": write_atomic(out / MARKDOWN_NAME, markdown_report(comparison)),
-        "csv": write_atomic(out / CSV_NAME, csv_text(group_csv_rows(comparison))),
-        "runs_csv": write_atomic(out / RUNS_CSV_NAME, csv_text(run_csv_rows(comparison))),
-        "html": write_atomic(out / HTML_NAME,
-                             html_report(comparison, curves, metric_png, media, notes)),
+        "markdown": atomic_write_text(out / MARKDOWN_NAME, markdown_report(comparison)),
+        "csv": atomic_write_text(out / CSV_NAME, csv_text(group_csv_rows(comparison))),
+        "runs_csv": atomic_write_text(out / RUNS_CSV_NAME, csv_text(run_csv_rows(comparison))),
+        "html": atomic_write_text(out / HTML_NAME,
+                                  html_report(comparison, curves, metric_png, media, notes)),
     }
 
 

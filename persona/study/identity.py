@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from persona.atomic import atomic_write_bytes
 from persona.errors import UserError
 
 # resolved-config keys that only say where a run lives or how chatty it is, not what it computes
@@ -63,9 +64,7 @@ def resolve_config(fit_args: list[str]) -> dict:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON through persona.data.subject.atomic_write_bytes (temporary name, then rename)."""
-    from persona.data.subject import atomic_write_bytes
-
+    """JSON through persona.atomic.atomic_write_bytes (temporary name, then rename)."""
     atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from persona.atomic import atomic_write_bytes
 from persona.data.motions import UPRIGHT_IN_CAMERA, Motion, validate_motion_arrays
-from persona.data.subject import atomic_write_bytes
 
 MISSING_KEY = "track_missing_frames"
 DROPPED_KEY = "track_dropped_frames"

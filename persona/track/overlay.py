@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from persona.atomic import atomic_write, atomic_write_bytes
 
 OVERLAY_MAX_HEIGHT = 720  # px: taller inputs are scaled down for the overlay video
 OVERLAY_QUALITY = 7  # imageio-ffmpeg's 0-10 quality scale
@@ -57,39 +57,35 @@ def write_overlay(path: str | Path, frames: Iterable[np.ndarray], slots: np.ndar
                   fps: float) -> Path:
     """Stream the drawn frames (decoded frame i sits at grid slot slots[i]; fitted [T, 23, 2],
     detected [T, 23, 3], interpolated [T] bool) into an H.264 mp4, atomically."""
+    return atomic_write(path, lambda temporary: stream_overlay(
+        temporary, frames, slots, fitted, detected, interpolated, fps, Path(path)))
+
+
+def stream_overlay(target: Path, frames: Iterable[np.ndarray], slots: np.ndarray,
+                   fitted: np.ndarray, detected: np.ndarray, interpolated: np.ndarray,
+                   fps: float, name: Path) -> None:
+    """Encode the drawn frames (see write_overlay) into the mp4 `target`; ValueError naming
+    `name` when there is no frame."""
     import imageio_ffmpeg
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.mp4")
-    os.close(handle)
     writer = None
-    try:
-        for slot, image in zip(slots, frames, strict=False):
-            scale = overlay_scale(image.shape[0])
-            size = (int(round(image.shape[1] * scale)) // 2 * 2,
-                    int(round(image.shape[0] * scale)) // 2 * 2)
-            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            drawn = draw_frame(small, fitted[slot], None if interpolated[slot] else
-                               detected[slot], bool(interpolated[slot]), scale)
-            if writer is None:
-                writer = imageio_ffmpeg.write_frames(
-                    name, size, fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
-                    pix_fmt_out="yuv420p", quality=OVERLAY_QUALITY, macro_block_size=2,
-                    ffmpeg_log_level="error")
-                writer.send(None)
-            writer.send(np.ascontiguousarray(drawn))
+    for slot, image in zip(slots, frames, strict=False):
+        scale = overlay_scale(image.shape[0])
+        size = (int(round(image.shape[1] * scale)) // 2 * 2,
+                int(round(image.shape[0] * scale)) // 2 * 2)
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        drawn = draw_frame(small, fitted[slot], None if interpolated[slot] else
+                           detected[slot], bool(interpolated[slot]), scale)
         if writer is None:
-            raise ValueError(f"{path}: no frame to write")
-        writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(name, path)
-    finally:
-        if os.path.exists(name):
-            os.unlink(name)
-    return path
+            writer = imageio_ffmpeg.write_frames(
+                str(target), size, fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
+                pix_fmt_out="yuv420p", quality=OVERLAY_QUALITY, macro_block_size=2,
+                ffmpeg_log_level="error")
+            writer.send(None)
+        writer.send(np.ascontiguousarray(drawn))
+    if writer is None:
+        raise ValueError(f"{name}: no frame to write")
+    writer.close()
 
 
 def sheet_slots(valid_slots: list[int], count: int = SHEET_TILES) -> list[int]:
@@ -122,7 +118,4 @@ def write_sheet(path: str | Path, tiles: list[np.ndarray]) -> Path:
                                [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise ValueError(f"{path}: PNG encoding failed")
-    from persona.data.subject import atomic_write_bytes
-
-    atomic_write_bytes(path, encoded.tobytes())
-    return Path(path)
+    return atomic_write_bytes(path, encoded.tobytes())

@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from persona.atomic import atomic_write_bytes
 from persona.data.subject import file_sha256
 
 PACKAGE = "sports2d==0.8.34"  # the pinned release whose demo video we use
@@ -40,9 +41,7 @@ def extract(wheel: str | Path, dest: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
         for member, name in ((LICENSE_MEMBER, LICENSE_NAME), (VIDEO_MEMBER, VIDEO_NAME)):
-            temporary = dest / f".{name}.tmp"
-            temporary.write_bytes(archive.read(member))
-            temporary.replace(dest / name)
+            atomic_write_bytes(dest / name, archive.read(member))
     if file_sha256(dest / VIDEO_NAME) != VIDEO_SHA256:
         (dest / VIDEO_NAME).unlink()
         raise ValueError(f"{wheel}: {VIDEO_MEMBER} has an unexpected sha256")

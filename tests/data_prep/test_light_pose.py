@@ -180,7 +180,7 @@ def test_extract_checks_every_sha256(tmp_path: Path) -> None:
             archive.addfile(info, io.BytesIO(data))
     with pytest.raises(ValueError, match="sha256"):
         lp.extract_models(tarball, tmp_path / "out")
-    assert not list((tmp_path / "out").glob("*.tflite"))  # nothing half-installed
+    assert list((tmp_path / "out").iterdir()) == []  # nothing half-installed, no temporary
 
 
 # ----------------------------------------------------------------------------------------------

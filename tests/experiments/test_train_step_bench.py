@@ -115,7 +115,7 @@ def smoke(tmp_path_factory) -> dict:
                           cwd=SCRIPT.parents[2], env=env,
                           capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert not list(out.parent.glob(".*.tmp"))  # written via a temporary name, renamed
+    assert not list(out.parent.glob(".*.tmp*"))  # written via a temporary name, renamed
     document = json.loads(out.read_text())
     assert json.loads(done.stdout) == document  # printed and written alike
     return document

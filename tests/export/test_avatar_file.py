@@ -115,7 +115,7 @@ def test_avatar_file_holds_config_subject_state_and_provenance(hidden_run: Hidde
     assert provenance["checkpoint_sha256"] == hashlib.sha256(
         hidden_run.ckpt.read_bytes()).hexdigest()
     assert provenance["global_step"] == checkpoint["global_step"] > 0
-    assert not list(hidden_run.avatar.parent.glob(".*.tmp"))  # the temporary file is gone
+    assert not list(hidden_run.avatar.parent.glob(".*.tmp*"))  # the temporary file is gone
     print(f"avatar file {hidden_run.avatar.stat().st_size} bytes, checkpoint "
           f"{hidden_run.ckpt.stat().st_size} bytes")  # docs/EXPORT.md quotes them (-s)
 

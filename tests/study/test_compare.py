@@ -340,7 +340,7 @@ def test_html_embeds_figures_and_media_and_fetches_nothing(study: Path, tmp_path
     assert not re.search(r"https?://", html)
     assert "<script" not in html.lower() and "<link" not in html.lower()
     assert "@import" not in html and "url(" not in html
-    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary file
+    assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporary file
     # the per-metric figure also stands alone, the same PNG as the page's
     assert (out / "compare_metrics.png").read_bytes() in images
     assert compare.main([str(study), "--out", str(out), "--media-per-group", "2",

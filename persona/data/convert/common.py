@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from persona.atomic import replace_folder
+from persona.atomic import atomic_write_bytes, replace_folder
 from persona.data.subject import (
     CAPTURED_SPLIT,
     FORMAT_VERSION,
@@ -28,7 +28,6 @@ from persona.data.subject import (
     SMPLX_POSE_KEYS,
     TEST_SPLIT,
     FramePaths,
-    atomic_write_bytes,
     write_frame_list,
     write_json,
     write_png,
