@@ -6,7 +6,8 @@ jointly with the avatar (METHOD.md section 7, lr 1e-3, hands 1e-4). For each joi
 prints the mean rotation angle (deg) between the true pose and the written one, and between the
 true pose and the run's fitted one, over the generated frames; and the same for the translation
 (mm). `removed` is the share of the written error the refinement took away (1: all of it, 0:
-none, < 0: it moved the pose further away).
+none, < 0: it moved the pose further away). The translation error is also given per camera
+axis (mean |error|; z is depth).
 
     .venv/bin/python experiments/pose_refinement.py RUN_DIR [--subject DIR]
 """
@@ -30,6 +31,8 @@ import deformer_diagnostics as diag  # noqa: E402  (run and subject loading, tru
 from persona.body.types import SMPLX_JOINT_NAMES  # noqa: E402
 from persona.ops.rotations import axis_angle_to_matrix  # noqa: E402
 
+MM_PER_M = 1000.0
+CAMERA_AXES = ("x", "y", "z")  # the translation's axes in the camera frame (z: depth)
 BODY_JOINTS = tuple(range(1, 22))  # the 21 body joints (root excluded): what the deformer sees
 # joint groups reported, by SMPL-X name
 JOINT_GROUPS: dict[str, tuple[str, ...]] = {
@@ -86,7 +89,10 @@ def refinement_report(run_dir: Path, subject: Path | None) -> dict[str, Any]:
     for name, pose, transl in (("written", written_pose, written_transl),
                                ("fitted", fitted.full_pose, fitted.transl)):
         errors = group_errors(true_poses.full_pose, pose)
-        errors["transl_mm"] = float((true_poses.transl - transl).norm(dim=-1).mean()) * 1e3
+        error = true_poses.transl - transl  # [F, 3] camera frame, m
+        errors["transl_mm"] = float(error.norm(dim=-1).mean()) * MM_PER_M
+        for axis, letter in enumerate(CAMERA_AXES):  # z: along the view, where a front view is
+            errors[f"transl_{letter}_mm"] = float(error[:, axis].abs().mean()) * MM_PER_M  # blind
         report[name] = errors
     report["removed"] = {key: removed_share(report["written"][key], report["fitted"][key])
                          for key in report["written"]}

@@ -114,6 +114,34 @@ def test_print_config_layers_base_demo_and_an_ablation(capsys):
     assert "input_ratio: 0.5" in out  # from base.yaml, always the first layer
 
 
+FRAGMENTS = sorted([*(BASE_CONFIG.parent / "ablation").glob("*.yaml"),
+                    *(BASE_CONFIG.parent / "study").glob("*.yaml")])
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out |= _leaves(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_fragment_layers_on_the_demo(fragment: Path, capsys):
+    """Each shipped fragment (configs/ablation, configs/study) names real settings: layered on
+    configs/demo.yaml it parses, and every value it sets is in the resolved config."""
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(BASE_CONFIG.parent / "demo.yaml"), "--config",
+              str(fragment), "--print_config"])
+    assert exit_info.value.code == 0
+    resolved = _leaves(yaml.safe_load(capsys.readouterr().out))
+    for key, value in _leaves(yaml.safe_load(fragment.read_text())).items():
+        assert key in resolved, key
+        assert resolved[key] == value, (key, resolved[key], value)
+
+
 def test_predict_renders_every_test_frame(fitted_run: Path):
     from persona.lightning_cli import run_lightning_cli
 

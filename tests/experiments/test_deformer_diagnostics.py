@@ -200,7 +200,10 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     noise_deg = math.degrees(FaultSettings().pose_noise_body * math.sqrt(8 / math.pi))
     assert refinement["written"]["body"] == pytest.approx(noise_deg, rel=0.25)
     assert abs(refinement["fitted"]["body"] - refinement["written"]["body"]) < 0.2
-    assert refinement["written"]["transl_mm"] > 1.0
+    written = refinement["written"]
+    assert written["transl_mm"] > 1.0
+    parts = [written[f"transl_{axis}_mm"] for axis in "xyz"]
+    assert max(parts) <= written["transl_mm"] <= sum(parts) + 1e-9
 
     # experiments/deformer_split.py: every garment part of the synth, finite numbers
     capsys.readouterr()
