@@ -3,7 +3,8 @@
 Every `every_n_steps` optimiser steps (and once before the first step) the avatar is posed in a
 few true training poses and test poses (no gradient, posed_state only) and the offset metrics of
 the garment Gaussians are logged on the trainer's loggers:
-  deform/total_error_mm, deform/deformer_error_mm, deform/deformer_correlation (test poses)
+  deform/total_error_mm, deform/deformer_error_mm, deform/deformer_correlation,
+  deform/pose_part_correlation (test poses)
   deform/train/total_error_mm, ... (true training poses)
 The ground truth is rebuilt once, in on_fit_start, from the subject's meta.json (the trainer's
 datamodule `subject_dir`). Any other subject: a silent no-op; a synthetic subject of another
@@ -21,8 +22,8 @@ from torch import Tensor
 
 from persona.metrics import deformation as deformation_metrics
 
-CURVE_KEYS = ("total_error_mm", "deformer_error_mm", "deformer_correlation", "world_error_mm",
-              "world_static_only_error_mm")
+CURVE_KEYS = ("total_error_mm", "deformer_error_mm", "deformer_correlation",
+              "pose_part_correlation", "world_error_mm", "world_static_only_error_mm")
 CURVE_PREFIX = "deform"
 DEFAULT_EVERY_N_STEPS = 50  # ~10 points over the demo's 480 steps
 DEFAULT_MAX_POSES = 4  # poses of each set (test, train) evaluated per point: cheap on a CPU

@@ -12,7 +12,12 @@ Offset metrics, per region, over the garment Gaussians x poses (|.| the Euclidea
   total_error_mm = mean |S + D - Y|      beside  zero_offset_error_mm = mean |Y|  and
                                                  static_only_error_mm = mean |S - Y|
   deformer_error_mm = mean |D - (Y - M)|  beside  deformer_zero_error_mm = mean |Y - M|
-  deformer_correlation = Pearson(D, Y - M) over every component (NaN when one side is constant).
+  deformer_correlation = Pearson(D, Y - M) over every component (NaN when one side is constant);
+  pose_part_correlation = Pearson(D - E, Y - M), E the mean of D over the training poses
+    evaluated (all of them in `persona test`; the curve's few during fit): the deformer's own
+    pose dependence against the truth's. A deformer that carries part of the mean offset (early
+    in a fit it carries much of it) reads negative on deformer_correlation in poses where Y - M
+    has a mean of its own; this one does not see the carried mean.
 World-space metrics, per region (the posed surface, whatever canonical offsets produced it):
   world_error_mm = mean |refined - P|  beside  world_static_only_error_mm = mean |base - P|  and
                                                world_zero_offset_error_mm = mean |B - P|
@@ -62,7 +67,8 @@ GARMENT_REGION_DILATION_PX = 3  # the garment region: its true mask dilated by t
 MIN_MSE = 1e-10  # garment_psnr of identical pixels is capped at 100 dB (not infinite)
 WORLD_KEYS = ("world_error_mm", "world_static_only_error_mm", "world_zero_offset_error_mm")
 OFFSET_KEYS = ("total_error_mm", "zero_offset_error_mm", "static_only_error_mm",
-               "deformer_error_mm", "deformer_zero_error_mm", "deformer_correlation", *WORLD_KEYS)
+               "deformer_error_mm", "deformer_zero_error_mm", "deformer_correlation",
+               "pose_part_correlation", *WORLD_KEYS)
 IMAGE_KEYS = ("garment_psnr", "garment_mask_iou")
 
 
@@ -85,19 +91,23 @@ def pearson(a: Tensor, b: Tensor) -> float:
     return float(torch.corrcoef(pair)[0, 1])
 
 
-def offset_errors(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_mean: Tensor
-                  ) -> dict[str, float]:
+def offset_errors(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_mean: Tensor,
+                  deformer_train_mean: Tensor | None = None) -> dict[str, float]:
     """The offset metrics (module docstring) of one region in one set of poses.
 
     deformer [T, G, 3] (D), static [G, 3] (S), truth [T, G, 3] (Y), truth_train_mean [G, 3]
-    (M), all canonical metres. Returns gaussians (G) and OFFSET_KEYS."""
-    if deformer.shape != truth.shape or static.shape != truth.shape[1:] \
-            or truth_train_mean.shape != truth.shape[1:]:
+    (M), deformer_train_mean [G, 3] (E; None: pose_part_correlation is NaN), all canonical
+    metres. Returns gaussians (G) and the offset keys of OFFSET_KEYS."""
+    means = {"static": static, "truth_train_mean": truth_train_mean}
+    if deformer_train_mean is not None:
+        means["deformer_train_mean"] = deformer_train_mean
+    if deformer.shape != truth.shape or any(m.shape != truth.shape[1:] for m in means.values()):
+        given = ", ".join(f"{name} {list(m.shape)}" for name, m in means.items())
         raise ValueError(f"offset_errors: deformer {list(deformer.shape)} and truth "
-                         f"{list(truth.shape)} must be [T, G, 3], static "
-                         f"{list(static.shape)} and truth_train_mean "
-                         f"{list(truth_train_mean.shape)} [G, 3]")
+                         f"{list(truth.shape)} must be [T, G, 3], and {given} [G, 3]")
     pose_part = truth - truth_train_mean  # [T, G, 3] Y - M
+    own_pose_part = (math.nan if deformer_train_mean is None
+                     else pearson(deformer - deformer_train_mean, pose_part))  # D - E vs Y - M
     return {
         "gaussians": int(truth.shape[1]),
         "total_error_mm": mean_mm(static + deformer - truth),
@@ -106,6 +116,7 @@ def offset_errors(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_m
         "deformer_error_mm": mean_mm(deformer - pose_part),
         "deformer_zero_error_mm": mean_mm(pose_part),
         "deformer_correlation": pearson(deformer, pose_part),
+        "pose_part_correlation": own_pose_part,
     }
 
 
@@ -125,10 +136,12 @@ def world_errors(refined: Tensor, base: Tensor, true_posed: Tensor, true_bare: T
 
 
 def region_errors(deformer: Tensor, static: Tensor, truth: Tensor, truth_train_mean: Tensor,
-                  regions: dict[str, Tensor], prefix: str = "") -> dict[str, dict[str, float]]:
+                  regions: dict[str, Tensor], prefix: str = "",
+                  deformer_train_mean: Tensor | None = None) -> dict[str, dict[str, float]]:
     """offset_errors of each region ([G] bool over the same Gaussians), keyed prefix + name."""
-    return {f"{prefix}{name}": offset_errors(deformer[:, mask], static[mask], truth[:, mask],
-                                             truth_train_mean[mask])
+    return {f"{prefix}{name}": offset_errors(
+                deformer[:, mask], static[mask], truth[:, mask], truth_train_mean[mask],
+                None if deformer_train_mean is None else deformer_train_mean[mask])
             for name, mask in regions.items()}
 
 
@@ -496,10 +509,13 @@ def deformation_report(system: Any, truth: DeformationTruth,
         static = static_offset(system).detach().float().cpu()[index]  # [M, 3]
         report: dict[str, Any] = {"matching": method, "test_poses": len(truth.poses["test"]),
                                   "training_poses": len(truth.poses["train"])}
+        posed = {name: model_posed(system, truth.poses[name], index)
+                 for name in ("test", "train")}  # (deformer, refined, base) [T, M, 3] each
+        own_mean = posed["train"][0].mean(0)  # [M, 3] E: the deformer's training-pose mean
         for pose_set, prefix in (("test", ""), ("train", TRAIN_PREFIX)):
-            deformer, refined, base = model_posed(system, truth.poses[pose_set], index)
+            deformer, refined, base = posed[pose_set]
             sections = region_errors(deformer, static, truth.offsets[pose_set],
-                                     truth.train_mean, truth.regions, prefix)
+                                     truth.train_mean, truth.regions, prefix, own_mean)
             for name, mask in truth.regions.items():
                 sections[f"{prefix}{name}"].update(world_errors(
                     refined[:, mask], base[:, mask], truth.posed[pose_set][:, mask],
@@ -527,9 +543,10 @@ def report_scalars(report: dict[str, Any], prefix: str,
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A small table of a metrics.json deformation section: the garment regions' canonical
     errors (mm) next to their zero baselines, the world-space errors (world: the avatar; w-zero:
-    no garment offset; w-static: without the deformer), and the deformer's correlation."""
+    no garment offset; w-static: without the deformer), and the deformer's correlation (corr:
+    its whole output; pose-c: its own pose part) with the truth's pose part."""
     lines = [f"{'section':<22}{'total':>8}{'zero':>8}{'static':>8}{'deformer':>10}"
-             f"{'zero':>8}{'world':>8}{'w-zero':>8}{'w-static':>9}{'corr':>7}"]
+             f"{'zero':>8}{'world':>8}{'w-zero':>8}{'w-static':>9}{'corr':>7}{'pose-c':>8}"]
 
     def number(value: Any, width: int, digits: int) -> str:
         if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -547,5 +564,6 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{number(values.get('world_error_mm'), 8, 2)}"
                      f"{number(values.get('world_zero_offset_error_mm'), 8, 2)}"
                      f"{number(values.get('world_static_only_error_mm'), 9, 2)}"
-                     f"{number(values['deformer_correlation'], 7, 3)}")
+                     f"{number(values['deformer_correlation'], 7, 3)}"
+                     f"{number(values.get('pose_part_correlation'), 8, 3)}")
     return lines

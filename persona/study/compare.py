@@ -75,8 +75,9 @@ ALL_RUNS_LABEL = "all runs"  # the one group's label when no key tells the runs 
 # canonical-space offset errors, and the world-space error of the posed garment (what the
 # skinned avatar shows; the canonical ones carry the skinning floor, docs/ABLATIONS.md)
 DEFORMATION_KEYS = ("total_error_mm", "deformer_error_mm", "deformer_correlation",
-                    "world_error_mm")
-REGION_KEYS = ("world_error_mm",)  # of each garment part (skirt, sleeves) in the test poses
+                    "pose_part_correlation", "world_error_mm")
+# of each garment part (skirt, sleeves) in the test poses
+REGION_KEYS = ("world_error_mm", "pose_part_correlation")
 DEFORMATION_SECTIONS = {"garment": ("deform", DEFORMATION_KEYS),
                         "train_garment": ("train_deform", DEFORMATION_KEYS),
                         "skirt": ("skirt", REGION_KEYS), "sleeves": ("sleeves", REGION_KEYS)}
@@ -90,6 +91,8 @@ KNOWN_METRICS: dict[str, tuple[bool, int]] = {
     "train_deform_total_error_mm": (False, 2), "train_deform_deformer_error_mm": (False, 2),
     "train_deform_deformer_correlation": (True, 3), "train_deform_world_error_mm": (False, 2),
     "skirt_world_error_mm": (False, 2), "sleeves_world_error_mm": (False, 2),
+    "deform_pose_part_correlation": (True, 3), "train_deform_pose_part_correlation": (True, 3),
+    "skirt_pose_part_correlation": (True, 3), "sleeves_pose_part_correlation": (True, 3),
 }
 DEFAULT_DIGITS = 4
 DEFAULT_CURVES = ("train/loss", "val/psnr")  # the loss total and the validation PSNR

@@ -70,6 +70,27 @@ def test_a_perfect_deformer_has_zero_error_and_correlation_one() -> None:
                                                          rel=1e-5)
 
 
+def test_pose_part_correlation_does_not_see_a_carried_mean() -> None:
+    """A deformer whose pose dependence is right but which also carries a mean offset: the whole
+    output reads negative against the truth's pose part in poses where that has a mean of its
+    own, its own pose part correlates 1; one of the opposite dependence -1; none given: NaN."""
+    train = _truth(3, poses=30)  # [30, G, 3] pose parts of ~2 cm
+    mean = train.mean(0)
+    carried = 3 * _truth(4, poses=1)[0]  # [G, 3] ~6 cm of mean offset the deformer carries
+    test = train[:5] - 0.5 * carried  # poses whose pose part has a mean of its own, against it
+    deformer = (test - mean) + carried
+    own_mean = (train - mean).mean(0) + carried  # its mean over the training poses
+    scores = dm.offset_errors(deformer, mean - carried, test, mean, own_mean)
+    assert scores["deformer_correlation"] < 0  # what the whole output reads
+    assert scores["pose_part_correlation"] == pytest.approx(1.0)
+    inverse = dm.offset_errors(-(test - mean) + carried, mean, test, mean, own_mean - 2 * (
+        (train - mean).mean(0)))
+    assert inverse["pose_part_correlation"] == pytest.approx(-1.0)
+    assert math.isnan(dm.offset_errors(deformer, mean, test, mean)["pose_part_correlation"])
+    with pytest.raises(ValueError, match="deformer_train_mean"):
+        dm.offset_errors(deformer, mean, test, mean, own_mean[:1])
+
+
 def test_offset_errors_rejects_mismatched_shapes() -> None:
     truth = _truth()
     with pytest.raises(ValueError, match="must be"):
@@ -107,14 +128,17 @@ def test_world_errors_of_known_displacements() -> None:
 def test_report_scalars_and_summary() -> None:
     values = dict.fromkeys(dm.OFFSET_KEYS, 1.5)
     values["deformer_correlation"] = math.nan  # not logged
+    values["pose_part_correlation"] = 0.25
     report = {"matching": "vertex_index", "garment": values, "train_cape": dict(values),
               "garment_image": {"garment_psnr": 30.0}}
     scalars = dm.report_scalars(report, "test/deformation")
     assert scalars["test/deformation/total_error_mm"] == 1.5
     assert scalars["test/deformation/train_cape/static_only_error_mm"] == 1.5
-    assert not any("correlation" in k or "garment_image" in k for k in scalars)
+    assert scalars["test/deformation/pose_part_correlation"] == 0.25
+    assert not any("deformer_correlation" in k or "garment_image" in k for k in scalars)
     lines = dm.summary_lines(report)
-    assert len(lines) == 3 and lines[1].startswith("garment") and lines[2].endswith("-")
+    assert len(lines) == 3 and lines[1].startswith("garment")
+    assert lines[2].split()[-2:] == ["-", "0.250"]  # corr (NaN), pose-c
 
 
 # ---------------------------------------------------------------------------- matching
