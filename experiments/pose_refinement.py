@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deformer_diagnostics as diag  # noqa: E402  (run and subject loading, true poses)
 
 from persona.body.types import SMPLX_JOINT_NAMES  # noqa: E402
-from persona.ops.rotations import axis_angle_to_matrix  # noqa: E402
+from persona.ops.rotations import axis_angle_to_matrix, geodesic_angle  # noqa: E402
 
-MM_PER_M = 1000.0
+MM_PER_M = diag.MM_PER_M
 CAMERA_AXES = ("x", "y", "z")  # the translation's axes in the camera frame (z: depth)
 BODY_JOINTS = tuple(range(1, 22))  # the 21 body joints (root excluded): what the deformer sees
 # joint groups reported, by SMPL-X name
@@ -46,10 +46,8 @@ JOINT_GROUPS: dict[str, tuple[str, ...]] = {
 
 def rotation_angle_deg(a: Tensor, b: Tensor) -> Tensor:
     """Angle (deg) of the rotation between axis-angles a and b [..., 3] -> [...]."""
-    relative = axis_angle_to_matrix(a.double()).transpose(-1, -2) @ axis_angle_to_matrix(
-        b.double())
-    trace = relative.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return torch.rad2deg(torch.acos(((trace - 1) / 2).clamp(-1.0, 1.0)))
+    return torch.rad2deg(geodesic_angle(axis_angle_to_matrix(a.double()),
+                                        axis_angle_to_matrix(b.double())))
 
 
 def group_errors(true: Tensor, other: Tensor) -> dict[str, float]:

@@ -61,6 +61,16 @@ def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
     return eye + a * skew + b * (skew @ skew)
 
 
+def geodesic_angle(a: Tensor, b: Tensor) -> Tensor:
+    """Angle (rad) of the rotation between rotation matrices a and b [..., 3, 3] -> [...]:
+    arccos((trace(a^T b) - 1) / 2), the cosine clamped to [-1, 1]."""
+    _check_last_dims(a, (3, 3), "a")
+    _check_last_dims(b, (3, 3), "b")
+    relative = a.transpose(-1, -2) @ b
+    cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    return torch.arccos(cos)
+
+
 def _sqrt_positive_part(x: Tensor) -> Tensor:
     """sqrt(max(x, 0)) with a zero (not NaN) gradient where x <= 0."""
     positive = x > 0

@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 from persona.ops.rotations import (
     axis_angle_to_matrix,
     axis_angle_to_rotation_6d,
+    geodesic_angle,
     matrix_to_axis_angle,
     matrix_to_rotation_6d,
     rotation_6d_to_axis_angle,
@@ -114,3 +115,18 @@ def test_identity_gradient_of_matrix_to_axis_angle_is_finite() -> None:
 def test_bad_shape_names_argument() -> None:
     with pytest.raises(ValueError, match="rotation_6d"):
         rotation_6d_to_matrix(torch.zeros(4, 5))
+
+
+def test_geodesic_angle_matches_scipy_magnitude() -> None:
+    """The angle between two rotations is the magnitude of the relative rotation (scipy),
+    0 for equal ones, pi for a half turn; shapes are checked."""
+    a, b = Rotation.random(16, random_state=0), Rotation.random(16, random_state=1)
+    got = geodesic_angle(torch.from_numpy(a.as_matrix()), torch.from_numpy(b.as_matrix()))
+    np.testing.assert_allclose(got.numpy(), (a.inv() * b).magnitude(), atol=1e-7)
+    same = torch.from_numpy(a.as_matrix())
+    assert float(geodesic_angle(same, same).abs().max()) < 1e-6
+    half = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
+    assert float(geodesic_angle(torch.eye(3, dtype=torch.float64), half)) == \
+        pytest.approx(math.pi)
+    with pytest.raises(ValueError, match="b: expected shape"):
+        geodesic_angle(same, same[..., :2])

@@ -22,12 +22,11 @@ BODY_JOINTS = slice(1, 22)  # the 21 body joints (root excluded): what the pose 
 def pose_distance(full_pose: Tensor, reference: Tensor) -> float:
     """Mean geodesic angle (rad) over the 21 body joints. [55, 3], [55, 3] -> float."""
     from persona.body.lbs import batch_rodrigues
+    from persona.ops.rotations import geodesic_angle
 
     a = batch_rodrigues(full_pose[BODY_JOINTS].double())  # [21, 3, 3]
     b = batch_rodrigues(reference[BODY_JOINTS].double())
-    relative = a.transpose(-1, -2) @ b
-    cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
-    return float(torch.arccos(cos).mean())
+    return float(geodesic_angle(a, b).mean())
 
 
 def drift_for(full_pose: Tensor, input_pose: Tensor, artifacts: float, faults: FaultSettings,
