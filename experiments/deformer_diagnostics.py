@@ -182,6 +182,43 @@ def load_with_truth(run_dir: Path, subject: Path | None = None,
     return LoadedRun(run, subject, system, dm, poses, frontal, truth, index, method)
 
 
+@dataclass
+class SynthRun:
+    """A run on a synthetic subject with the pieces its truth is rebuilt from."""
+
+    run: Path
+    subject: Path
+    system: Any  # PersonaSystem, eval mode, CPU
+    dm: Any  # its datamodule
+    config: Any  # the subject's SynthConfig
+    body: Any  # the synth's body
+    identity: Any  # the subject's identity on it
+
+
+def load_synth_run(run_dir: Path, subject: Path | None = None) -> SynthRun:
+    """The run (a run folder or its parent), its system and the synth body and identity."""
+    from persona.data import synth
+
+    run = resolve_run(run_dir)
+    settings = yaml.safe_load((run / CONFIG_NAME).read_text())
+    subject = resolve_subject(run, settings, subject)
+    config = synth_config(subject)  # a clear error for a subject that is not synthetic
+    system, dm = load_system(run, subject)
+    body = synth.load_synth_body(config)
+    return SynthRun(run, subject, system, dm, config, body,
+                    synth.subject_identity(body, config.seed))
+
+
+def generated_rows(frames: list, lengths: list[int]) -> list[int]:
+    """The rows of `frames` (the training frame records) holding the generated frames, in the
+    order of true_training_poses (motion k's `lengths[k]` frames, in turn)."""
+    from persona.data import synth
+
+    order = {(record.split, record.index): row for row, record in enumerate(frames)}
+    return [order[(synth.generated_split(k), i)] for k, n in enumerate(lengths)
+            for i in range(n)]
+
+
 def parse_run_and_poses(argv: list[str], description: str) -> argparse.Namespace:
     """RUN_DIR [--poses N] of the scripts that read a run with load_with_truth."""
     parser = argparse.ArgumentParser(description=description)

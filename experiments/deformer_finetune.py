@@ -42,10 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import deformer_diagnostics as diag  # noqa: E402
 from deformer_gradients import load_probe  # noqa: E402
 
 MASK_THRESHOLD = 0.5  # the own render's alpha above this is the target mask
@@ -108,9 +106,7 @@ def main(argv: list[str]) -> int:
 
     probe = load_probe(args.run_dir, args.subject)
     system, dataset = probe.system, probe.dataset
-    run = diag.resolve_run(args.run_dir)
-    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
-    subject = diag.resolve_subject(run, settings, args.subject)
+    subject = probe.subject
     truth = D.build_truth(subject, test_poses(subject, system.body.num_expression),
                           max_poses=24)
     matched = D.match_system(system, truth)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import yaml
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,6 +102,7 @@ class Probe(NamedTuple):
     garment: Tensor  # [N] bool: the true garment Gaussians
     rows: Tensor  # [G] the avatar rows of the garment Gaussians
     picks: list[tuple[int, int]]  # (dataset row, pose t), largest pose-dependent truth first
+    subject: Path  # the subject folder
 
 
 def load_probe(run_dir: Path, subject: Path | None) -> Probe:
@@ -110,31 +110,24 @@ def load_probe(run_dir: Path, subject: Path | None) -> Probe:
     the true pose-dependent offset over the garment."""
     from persona.data import synth
 
-    run = diag.resolve_run(run_dir)
-    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
-    subject = diag.resolve_subject(run, settings, subject)
-    system, dm = diag.load_system(run, subject)
+    loaded = diag.load_synth_run(run_dir, subject)
+    system, config, body = loaded.system, loaded.config, loaded.body
     system.train()
-    config = diag.synth_config(subject)
-    body = synth.load_synth_body(config)
-    identity = synth.subject_identity(body, config.seed)
-    truth_avatar = synth.build_avatar(body, identity, config)
-    train_poses, lengths = diag.true_training_poses(body, identity, config)
+    truth_avatar = synth.build_avatar(body, loaded.identity, config)
+    train_poses, lengths = diag.true_training_poses(body, loaded.identity, config)
     with torch.no_grad():
         truth = synth.garment_offsets(body, truth_avatar, train_poses, config.garment)
     mean_truth = truth.mean(0)  # [N, 3]
     garment = synth.garment_regions(truth_avatar)["garment"]
     index, _ = diag.match_gaussians(diag.avatar_canonical(system).detach(), truth_avatar.canonical)
-    dataset = dm.train_dataset()
-    # generated rows in the order of true_training_poses (motions x subsampled frames)
-    order = {(rec.split, rec.index): row for row, rec in enumerate(dataset.frames)}
-    picks, start = [], 0
-    for k, n in enumerate(lengths):
-        picks += [(order[(synth.generated_split(k), i)], start + i) for i in range(n)]
-        start += n
+    dataset = loaded.dm.train_dataset()
+    # (generated row, its pose's index in true_training_poses)
+    picks = list(zip(diag.generated_rows(dataset.frames, lengths), range(sum(lengths)),
+                     strict=True))
     magnitude = (truth - mean_truth)[:, garment].norm(dim=-1).mean(-1)  # [T]
     picks.sort(key=lambda p: -float(magnitude[p[1]]))
-    return Probe(system, dataset, truth, mean_truth, garment, index[garment], picks)
+    return Probe(system, dataset, truth, mean_truth, garment, index[garment], picks,
+                 loaded.subject)
 
 
 def flat_grad(value: Tensor, params: list[Tensor]) -> Tensor:

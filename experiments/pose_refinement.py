@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,21 +64,12 @@ def removed_share(written: float, fitted: float) -> float:
 
 
 def refinement_report(run_dir: Path, subject: Path | None) -> dict[str, Any]:
-    from persona.data import synth
-
-    run = diag.resolve_run(run_dir)
-    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
-    subject = diag.resolve_subject(run, settings, subject)
-    system, dm = diag.load_system(run, subject)
-    config = diag.synth_config(subject)
-    body = synth.load_synth_body(config)
-    identity = synth.subject_identity(body, config.seed)
-    true_poses, lengths = diag.true_training_poses(body, identity, config)
-    rows = {(rec.split, rec.index): row for row, rec in enumerate(dm.train_frames)}
-    picks = [rows[(synth.generated_split(k), i)] for k, n in enumerate(lengths)
-             for i in range(n)]  # dataset rows in the order of the true poses
+    loaded = diag.load_synth_run(run_dir, subject)
+    dm = loaded.dm
+    true_poses, lengths = diag.true_training_poses(loaded.body, loaded.identity, loaded.config)
+    picks = diag.generated_rows(dm.train_frames, lengths)  # in the order of the true poses
     with torch.no_grad():
-        fitted = system.frame_params(torch.tensor(picks))
+        fitted = loaded.system.frame_params(torch.tensor(picks))
     written = [dm.train_frames[row].pose for row in picks]
     written_pose = torch.cat([p.full_pose for p in written])  # [F, 55, 3]
     written_transl = torch.cat([p.transl for p in written])  # [F, 3]

@@ -103,17 +103,11 @@ def learned_means(system: Any, pose: Any, deformer_on: bool) -> Tensor:
 
 def measure(run_dir: Path, subject: Path | None, max_poses: int, split: str = "test",
             method: str | None = None) -> dict[str, Any]:
-    import yaml
-
     from persona.data import synth
 
-    run = diag.resolve_run(run_dir)
-    settings = yaml.safe_load((run / diag.CONFIG_NAME).read_text())
-    subject = diag.resolve_subject(run, settings, subject)
-    system, dm = diag.load_system(run, subject)
-    config = diag.synth_config(subject)
-    body = synth.load_synth_body(config)
-    identity = synth.subject_identity(body, config.seed)
+    loaded = diag.load_synth_run(run_dir, subject)
+    system, dm, config = loaded.system, loaded.dm, loaded.config
+    body, identity = loaded.body, loaded.identity
     truth = synth.build_avatar(body, identity, config)
     regions = synth.garment_regions(truth)
     index, matching = diag.match_gaussians(diag.avatar_canonical(system).detach(), truth.canonical)
@@ -141,7 +135,8 @@ def measure(run_dir: Path, subject: Path | None, max_poses: int, split: str = "t
             for name, on in (("learned_static_only", False), ("learned", True)):
                 means = learned_means(system, pose, on)[index]  # [M, 3]
                 errors[name].append((means - true_posed).norm(dim=-1))  # [M]
-    report: dict[str, Any] = {"run": str(run), "subject": str(subject), "split": split,
+    report: dict[str, Any] = {"run": str(loaded.run), "subject": str(loaded.subject),
+                              "split": split,
                               "poses": len(poses),
                               "matching": matching,
                               "refined_lookup_in_run": system.skinning_cfg.refined_lookup,
