@@ -9,12 +9,26 @@ true pose and the run's fitted one, over the generated frames; and the same for 
 none, < 0: it moved the pose further away). The translation error is also given per camera
 axis (mean |error|; z is depth).
 
-    .venv/bin/python experiments/pose_refinement.py RUN_DIR [--subject DIR]
+--refit N: also fit N evenly spaced generated frames again with the avatar frozen, starting
+from the run's fitted poses, with the test-pose fit (persona/metrics/test_pose.py: the run's
+eval protocol, --refit-steps / --refit-lr override its steps and lr; a protocol without the fit gets its defaults), and report the same
+errors over those frames as "refit" (with "written" and "fitted" over the same frames as
+"refit_written", "refit_fitted"): can a frozen-avatar pose fit undo what the joint
+refinement does not?
+
+--smooth W [W ...]: also the written poses box-filtered over W consecutive frames of each
+generated video (axis-angles and translations averaged; the window shrinks at a video's ends),
+as "smoothed_W": does a temporal filter, a common clean-up of per-frame fits, take the written
+poses closer to the truth, or does the motion between frames cost more than the noise it averages?
+
+    .venv/bin/python experiments/pose_refinement.py RUN_DIR [--subject DIR] [--refit N]
+        [--smooth W ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -28,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deformer_diagnostics as diag  # noqa: E402  (run and subject loading, true poses)
 
 from persona.body.types import SMPLX_JOINT_NAMES  # noqa: E402
+from persona.metrics.test_pose import TestPoseFitSettings  # noqa: E402
 from persona.ops.rotations import axis_angle_to_matrix, geodesic_angle  # noqa: E402
 
 MM_PER_M = diag.MM_PER_M
@@ -63,7 +78,83 @@ def removed_share(written: float, fitted: float) -> float:
     return (written - fitted) / written if written > 0 else math.nan
 
 
-def refinement_report(run_dir: Path, subject: Path | None) -> dict[str, Any]:
+def pose_errors(true_pose: Tensor, true_transl: Tensor, pose: Tensor,
+                transl: Tensor) -> dict[str, float]:
+    """Group angle errors (deg, `group_errors`) and translation errors (mm, overall and per
+    camera axis) of pose [F, 55, 3] / transl [F, 3] against the truth."""
+    errors = group_errors(true_pose, pose)
+    error = true_transl - transl  # [F, 3] camera frame, m
+    errors["transl_mm"] = float(error.norm(dim=-1).mean()) * MM_PER_M
+    for axis, letter in enumerate(CAMERA_AXES):  # z: along the view, where a front view is
+        errors[f"transl_{letter}_mm"] = float(error[:, axis].abs().mean()) * MM_PER_M  # blind
+    return errors
+
+
+def spaced(count: int, total: int) -> list[int]:
+    """`count` evenly spaced positions in range(total) (all of them when count >= total)."""
+    if count >= total:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def box_smooth(values: Tensor, lengths: list[int], window: int) -> Tensor:
+    """values [F, ...] stacked video by video (`lengths` frames each): every frame replaced by
+    the mean over the `window` frames centred on it within its own video (fewer at its ends)."""
+    if sum(lengths) != values.shape[0] or window < 1:
+        raise ValueError(f"box_smooth: {values.shape[0]} frames vs lengths summing to "
+                         f"{sum(lengths)}, window {window}")
+    out = torch.empty_like(values)
+    start, half = 0, window // 2
+    for length in lengths:
+        for i in range(length):
+            lo, hi = start + max(0, i - half), start + min(length, i + half + 1)
+            out[start + i] = values[lo:hi].mean(dim=0)
+        start += length
+    return out
+
+
+def frame_to_frame(pose: Tensor, lengths: list[int]) -> list[float]:
+    """pose [F, 55, 3] stacked video by video: per video, the mean body-joint angle (deg)
+    between consecutive frames."""
+    out, start = [], 0
+    for length in lengths:
+        video = pose[start:start + length]
+        angle = rotation_angle_deg(video[1:], video[:-1])[:, list(BODY_JOINTS)]
+        out.append(float(angle.mean()) if length > 1 else 0.0)
+        start += length
+    return out
+
+
+def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
+                lr: float | None) -> tuple[Tensor, Tensor]:
+    """Fit the training frames `rows` again with the avatar frozen (the system's test-pose fit,
+    starting from the run's fitted poses): full_pose [F, 55, 3], transl [F, 3]."""
+    from persona.data.datamodule import SubjectFrames, collate_frames
+
+    system, dm = loaded.system, loaded.dm
+    base = system.eval_protocol
+    default_steps = base.fit_steps or TestPoseFitSettings.steps  # a protocol without the fit
+    protocol = dataclasses.replace(base, fit_test_pose=True,
+                                   fit_steps=default_steps if steps is None else steps,
+                                   fit_lr=base.fit_lr if lr is None else lr)
+    frames = SubjectFrames(dm.subject_dir, dm.train_frames, dm.resolution_scale,
+                           dm.num_expression, missing=dm.missing)
+    poses, transls = [], []
+    for row in rows:
+        batch = collate_frames([frames[row]])
+        with torch.no_grad():
+            start = system.frame_params(torch.tensor([row]))
+        batch.update(full_pose=start.full_pose, expression=start.expression,
+                     transl=start.transl)
+        fitted = system.fit_test_pose(batch, protocol)
+        poses.append(fitted.full_pose)
+        transls.append(fitted.transl)
+    return torch.cat(poses), torch.cat(transls)
+
+
+def refinement_report(run_dir: Path, subject: Path | None, refit: int = 0,
+                      refit_steps: int | None = None, refit_lr: float | None = None,
+                      smooth: tuple[int, ...] = ()) -> dict[str, Any]:
     loaded = diag.load_synth_run(run_dir, subject)
     dm = loaded.dm
     true_poses, lengths = diag.true_training_poses(loaded.body, loaded.identity, loaded.config)
@@ -76,14 +167,24 @@ def refinement_report(run_dir: Path, subject: Path | None) -> dict[str, Any]:
     report: dict[str, Any] = {"run": str(run_dir), "frames": len(picks)}
     for name, pose, transl in (("written", written_pose, written_transl),
                                ("fitted", fitted.full_pose, fitted.transl)):
-        errors = group_errors(true_poses.full_pose, pose)
-        error = true_poses.transl - transl  # [F, 3] camera frame, m
-        errors["transl_mm"] = float(error.norm(dim=-1).mean()) * MM_PER_M
-        for axis, letter in enumerate(CAMERA_AXES):  # z: along the view, where a front view is
-            errors[f"transl_{letter}_mm"] = float(error[:, axis].abs().mean()) * MM_PER_M  # blind
-        report[name] = errors
+        report[name] = pose_errors(true_poses.full_pose, true_poses.transl, pose, transl)
     report["removed"] = {key: removed_share(report["written"][key], report["fitted"][key])
                          for key in report["written"]}
+    if smooth:  # what a filter blurs: the true motion between consecutive frames, per video
+        report["true_frame_to_frame_body_deg"] = frame_to_frame(true_poses.full_pose, lengths)
+    for window in smooth:  # the generated rows are in the true poses' order, video by video
+        report[f"smoothed_{window}"] = pose_errors(
+            true_poses.full_pose, true_poses.transl,
+            box_smooth(written_pose, lengths, window), box_smooth(written_transl, lengths, window))
+    if refit > 0:
+        chosen = spaced(refit, len(picks))  # positions in picks / the true poses
+        pose, transl = refit_poses(loaded, [picks[i] for i in chosen], refit_steps, refit_lr)
+        true_pose, true_transl = true_poses.full_pose[chosen], true_poses.transl[chosen]
+        report["refit_frames"] = len(chosen)
+        for name, p, t in (("refit_written", written_pose[chosen], written_transl[chosen]),
+                           ("refit_fitted", fitted.full_pose[chosen], fitted.transl[chosen]),
+                           ("refit", pose, transl)):
+            report[name] = pose_errors(true_pose, true_transl, p, t)
     return report
 
 
@@ -91,8 +192,18 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--refit", type=int, default=0,
+                        help="fit this many generated frames again with the avatar frozen")
+    parser.add_argument("--refit-steps", type=int, default=None,
+                        help="steps of that fit (default: the run's test protocol)")
+    parser.add_argument("--refit-lr", type=float, default=None,
+                        help="lr of that fit (default: the run's test protocol)")
+    parser.add_argument("--smooth", type=int, nargs="+", default=[],
+                        help="box-filter windows (frames) for the written poses")
     args = parser.parse_args(argv)
-    print(json.dumps(refinement_report(args.run_dir, args.subject), indent=1))
+    print(json.dumps(refinement_report(args.run_dir, args.subject, args.refit,
+                                       args.refit_steps, args.refit_lr, tuple(args.smooth)),
+                     indent=1))
     return 0
 
 

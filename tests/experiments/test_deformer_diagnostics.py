@@ -204,6 +204,16 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     assert written["transl_mm"] > 1.0
     parts = [written[f"transl_{axis}_mm"] for axis in "xyz"]
     assert max(parts) <= written["transl_mm"] <= sum(parts) + 1e-9
+    # --refit: a frozen-avatar fit of 2 frames; one step at a vanishing lr returns the run's
+    # fitted poses of exactly those frames (a fit started elsewhere would be degrees off), more
+    # steps at a real lr move them
+    still = _load("pose_refinement").refinement_report(run, None, refit=2, refit_steps=1,
+                                                        refit_lr=1e-9)
+    assert still["refit_frames"] == 2
+    assert still["refit"] == pytest.approx(still["refit_fitted"], abs=1e-3)
+    moved = _load("pose_refinement").refinement_report(run, None, refit=2, refit_steps=3,
+                                                        refit_lr=1e-2)
+    assert abs(moved["refit"]["body"] - moved["refit_fitted"]["body"]) > 1e-3
 
     # experiments/deformer_split.py: every garment part of the synth, finite numbers
     capsys.readouterr()
@@ -281,6 +291,17 @@ def test_pose_refinement_angles() -> None:
     assert errors["body"] == pytest.approx(math.degrees(0.1) / 21)
     assert refinement.removed_share(4.0, 1.0) == 0.75
     assert refinement.removed_share(4.0, 5.0) == -0.25
+    assert refinement.spaced(3, 10) == [0, 4, 9]
+    values = torch.tensor([0.0, 3.0, 6.0, 10.0, 20.0])  # two videos: 3 frames, then 2
+    assert refinement.box_smooth(values, [3, 2], 3).tolist() == [1.5, 3.0, 4.5, 15.0, 15.0]
+    assert refinement.box_smooth(values, [3, 2], 1).tolist() == values.tolist()
+    with pytest.raises(ValueError):
+        refinement.box_smooth(values, [3, 3], 3)
+    moving = torch.zeros(4, 55, 3)
+    moving[1:3, 1, 0] = 0.1  # the left hip turns between frames 0 and 1 of the first video only
+    assert refinement.frame_to_frame(moving, [3, 1]) == pytest.approx(
+        [math.degrees(0.1) / 21 / 2, 0.0])
+    assert refinement.spaced(1, 10) == [0] and refinement.spaced(20, 4) == [0, 1, 2, 3]
 
 
 def test_parameter_directions_summary_and_frame_draws() -> None:
