@@ -11,10 +11,10 @@ axis (mean |error|; z is depth).
 
 --refit N: also fit N evenly spaced generated frames again with the avatar frozen, starting
 from the run's fitted poses, with the test-pose fit (persona/metrics/test_pose.py: the run's
-eval protocol, --refit-steps / --refit-lr override its steps and lr; a protocol without the fit gets its defaults), and report the same
-errors over those frames as "refit" (with "written" and "fitted" over the same frames as
-"refit_written", "refit_fitted"): can a frozen-avatar pose fit undo what the joint
-refinement does not?
+eval protocol, --refit-steps / --refit-lr override its steps and lr; a protocol without the
+fit gets the fit's defaults), and report the same errors over those frames as "refit" (with
+"written" and "fitted" over the same frames as "refit_written", "refit_fitted"): can a
+frozen-avatar pose fit undo what the joint refinement does not?
 
 --smooth W [W ...]: also the written poses box-filtered over W consecutive frames of each
 generated video (axis-angles and translations averaged; the window shrinks at a video's ends),
