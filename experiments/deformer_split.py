@@ -24,6 +24,7 @@ from deformer_diagnostics import load_with_truth, parse_run_and_poses  # noqa: E
 
 from persona.metrics.deformation import (  # noqa: E402
     MM_PER_M,
+    avatar_canonical,
     model_offsets,
     pearson,
     static_offset,
@@ -51,6 +52,28 @@ def split_report(train: Tensor, test: Tensor, static: Tensor, true_mean: Tensor,
     return report
 
 
+Q90 = 0.9  # the upper quantile reported in activity_report
+
+
+def activity_report(train: Tensor, scales: Tensor, garment: Tensor) -> dict[str, dict[str, float]]:
+    """train [K, N, 3]: the deformer's offsets of every avatar Gaussian in K training poses;
+    scales [N]: the Gaussians' scales (m); garment [N] bool -> per set ("garment", "rest"):
+    the activity numbers of the module docstring (mm)."""
+    pose_part = (train - train.mean(0)).norm(dim=-1).mean(0)  # [N]
+    size = train.norm(dim=-1).mean(0)  # [N]
+    report = {}
+    for name, mask in (("garment", garment), ("rest", ~garment)):
+        report[name] = {
+            "gaussians": int(mask.sum()),
+            "deformer_mm": float(size[mask].mean()) * MM_PER_M,
+            "pose_part_mm": float(pose_part[mask].mean()) * MM_PER_M,
+            "pose_part_q90_mm": float(pose_part[mask].quantile(Q90)) * MM_PER_M,
+            "scale_mm": float(scales[mask].mean()) * MM_PER_M,
+            "scale_q90_mm": float(scales[mask].quantile(Q90)) * MM_PER_M,
+        }
+    return report
+
+
 def main(argv: list[str]) -> int:
     args = parse_run_and_poses(argv, __doc__.splitlines()[0])
     loaded = load_with_truth(args.run_dir, max_poses=args.poses)
@@ -59,9 +82,15 @@ def main(argv: list[str]) -> int:
         train = model_offsets(system, truth.poses["train"], index)  # [K, M, 3]
         test = model_offsets(system, truth.poses["test"], index)  # [T, M, 3]
         static = static_offset(system).detach()[index]  # [M, 3]
+        count = avatar_canonical(system).shape[0]
+        every = model_offsets(system, truth.poses["train"], torch.arange(count))  # [K, N, 3]
+        scales = system.avatar.log_scale.detach().exp().mean(-1).cpu()  # [N] (isotropic)
     report = split_report(train, test, static, truth.train_mean, truth.offsets["test"],
                           truth.regions)
-    print(json.dumps({"run": str(run), "poses": args.poses, "parts": report}, indent=1))
+    garment = torch.zeros(count, dtype=torch.bool)
+    garment[index] = True
+    print(json.dumps({"run": str(run), "poses": args.poses, "parts": report,
+                      "activity": activity_report(every, scales, garment)}, indent=1))
     return 0
 
 

@@ -359,6 +359,10 @@ class PersonaSystem(LightningModule):
                 "rgb": out["rgb_on_background"], "alpha": out["alpha"], "depth": out["depth"]}
 
     # ------------------------------------------------------------------ optimiser
+    def configure_callbacks(self) -> list:
+        """model.optim.ema_decay's weight average (system_config.weight_average_callbacks)."""
+        return system_config.weight_average_callbacks(self.optim_cfg)
+
     def configure_optimizers(self) -> dict:
         groups = system_config.optimizer_groups(self.avatar, self.deformer, self.frame_params,
                                                 self.optim_cfg)

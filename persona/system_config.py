@@ -81,6 +81,13 @@ class OptimConfig:
     decay_at: float = 0.75  # fraction of the steps after which every lr is multiplied by ...
     decay_factor: float = 0.1  # ... this factor
     optimise_frames: bool = True  # optimise per-frame SMPL-X jointly with the avatar
+    # > 0: an exponential moving average of every parameter (this decay per step; not in the
+    # authors' code) replaces the live weights for validation, checkpoints and `persona test`
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"model.optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def build_deformer(config: DeformerConfig, factory: DeformerFactory | None = None) -> nn.Module:
@@ -163,6 +170,17 @@ def optimizer_groups(avatar: nn.Module, deformer: nn.Module, frame_params: Any,
         groups.append({"params": frame_groups["frame_hands"], "lr": optim.frame_hands,
                        "name": "frame_hands"})
     return groups
+
+
+def weight_average_callbacks(optim: OptimConfig) -> list:
+    """The callbacks of optim.ema_decay: none when 0, else persona.callbacks.weight_average.
+    SystemEMA (every parameter averaged after each step; the checkpoint's state_dict holds the
+    average, the live weights go under "current_model_state")."""
+    if optim.ema_decay == 0.0:
+        return []
+    from persona.callbacks.weight_average import SystemEMA
+
+    return [SystemEMA(decay=optim.ema_decay)]
 
 
 def optimizer_and_schedule(groups: list[dict], optim: OptimConfig, total_steps: int) -> dict:

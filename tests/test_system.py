@@ -322,3 +322,40 @@ def test_the_skipped_step_count_survives_a_checkpoint_round_trip():
     assert resumed.nonfinite_steps == 3
     resumed.on_load_checkpoint({})
     assert resumed.nonfinite_steps == 0
+
+
+class RecordMeanOffset(Callback):
+    """The live avatar.mean_offset after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.values.append(pl_module.avatar.mean_offset.detach().clone())
+
+
+def test_ema_decay_keeps_the_average_of_the_steps(tiny_subject: Path, tmp_path: Path):
+    """model.optim.ema_decay: after the fit the system holds the exponential moving average of
+    the live weights of every step (the first step's copied, then decay x average + (1 - decay)
+    x weights), and the checkpoint's state_dict is that average with the live weights beside it;
+    0 (the authors') adds no callback."""
+    from persona.system_config import OptimConfig
+
+    assert PersonaSystem(**FAST_MODEL).configure_callbacks() == []
+    with pytest.raises(ValueError, match="ema_decay"):
+        OptimConfig(ema_decay=1.0)
+    decay = 0.5
+    pl.seed_everything(0)
+    system = PersonaSystem(**FAST_MODEL, optim=OptimConfig(ema_decay=decay))
+    recorder = RecordMeanOffset()
+    _trainer(tmp_path, max_epochs=1, callbacks=[recorder]).fit(system, _datamodule(tiny_subject))
+    live = recorder.values
+    assert len(live) == 3 and not torch.equal(live[0], live[-1])
+    expected = live[0]
+    for value in live[1:]:
+        expected = decay * expected + (1 - decay) * value
+    torch.testing.assert_close(system.avatar.mean_offset.detach(), expected)
+    assert not torch.allclose(expected, live[-1])  # the average is not the last step's weights
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    torch.testing.assert_close(checkpoint["state_dict"]["avatar.mean_offset"], expected)
+    torch.testing.assert_close(checkpoint["current_model_state"]["avatar.mean_offset"], live[-1])

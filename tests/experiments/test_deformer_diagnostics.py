@@ -97,6 +97,25 @@ def test_split_separates_a_carried_mean_from_the_pose_dependence() -> None:
     assert math.isnan(blind["garment"]["test_correlation_pose_parts"])
 
 
+def test_activity_separates_garment_from_the_rest() -> None:
+    """deformer_split.activity_report: a pose part only on the garment Gaussians, a constant
+    offset on the rest; scales read per set."""
+    split = _load("deformer_split")
+    train = torch.zeros(4, 6, 3)  # K = 4 poses, N = 6 Gaussians, the first 2 are garment
+    train[:, :2, 0] = torch.tensor([-0.01, 0.01, -0.01, 0.01])[:, None]  # +-10 mm swing
+    train[:, 2:, 1] = 0.002  # 2 mm, the same in every pose
+    scales = torch.tensor([0.02, 0.02, 0.005, 0.005, 0.005, 0.005])
+    garment = torch.arange(6) < 2
+    report = split.activity_report(train, scales, garment)
+    assert report["garment"]["gaussians"] == 2 and report["rest"]["gaussians"] == 4
+    assert report["garment"]["pose_part_mm"] == pytest.approx(10.0)
+    assert report["garment"]["deformer_mm"] == pytest.approx(10.0)
+    assert report["rest"]["pose_part_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert report["rest"]["deformer_mm"] == pytest.approx(2.0)
+    assert report["garment"]["scale_mm"] == pytest.approx(20.0)
+    assert report["rest"]["scale_q90_mm"] == pytest.approx(5.0)
+
+
 def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     subject = tmp_path / "subject"
@@ -218,8 +237,11 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     # experiments/deformer_split.py: every garment part of the synth, finite numbers
     capsys.readouterr()
     assert _load("deformer_split").main([str(run), "--poses", "4"]) == 0
-    parts = json.loads(capsys.readouterr().out)["parts"]
+    split_out = json.loads(capsys.readouterr().out)
+    parts = split_out["parts"]
     assert set(parts) == set(regions)
+    assert split_out["activity"]["garment"]["gaussians"] == int(regions["garment"].sum())
+    assert split_out["activity"]["rest"]["scale_mm"] > 0
     assert parts["garment"]["truth_train_mean_mm"] > 1.0
 
     # experiments/surface_error.py: the world error's parts along and across the true normal
