@@ -79,11 +79,11 @@ def main(argv: list[str]) -> int:
     loaded = load_with_truth(args.run_dir, max_poses=args.poses)
     run, system, truth, index = loaded.run, loaded.system, loaded.truth, loaded.index
     with torch.no_grad():
-        train = model_offsets(system, truth.poses["train"], index)  # [K, M, 3]
-        test = model_offsets(system, truth.poses["test"], index)  # [T, M, 3]
-        static = static_offset(system).detach()[index]  # [M, 3]
         count = avatar_canonical(system).shape[0]
         every = model_offsets(system, truth.poses["train"], torch.arange(count))  # [K, N, 3]
+        train = every[:, index]  # [K, M, 3]
+        test = model_offsets(system, truth.poses["test"], index)  # [T, M, 3]
+        static = static_offset(system).detach()[index]  # [M, 3]
         scales = system.avatar.log_scale.detach().exp().mean(-1).cpu()  # [N] (isotropic)
     report = split_report(train, test, static, truth.train_mean, truth.offsets["test"],
                           truth.regions)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deformer_diagnostics as diag  # noqa: E402  (run and subject loading, true poses)
 
 from persona.body.types import SMPLX_JOINT_NAMES  # noqa: E402
+from persona.metrics.deformation import spread  # noqa: E402
 from persona.metrics.test_pose import TestPoseFitSettings  # noqa: E402
 from persona.ops.rotations import axis_angle_to_matrix, geodesic_angle  # noqa: E402
 
@@ -90,13 +91,6 @@ def pose_errors(true_pose: Tensor, true_transl: Tensor, pose: Tensor,
     return errors
 
 
-def spaced(count: int, total: int) -> list[int]:
-    """`count` evenly spaced positions in range(total) (all of them when count >= total)."""
-    if count >= total:
-        return list(range(total))
-    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
-
-
 def box_smooth(values: Tensor, lengths: list[int], window: int) -> Tensor:
     """values [F, ...] stacked video by video (`lengths` frames each): every frame replaced by
     the mean over the `window` frames centred on it within its own video (fewer at its ends)."""
@@ -129,7 +123,7 @@ def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
                 lr: float | None) -> tuple[Tensor, Tensor]:
     """Fit the training frames `rows` again with the avatar frozen (the system's test-pose fit,
     starting from the run's fitted poses): full_pose [F, 55, 3], transl [F, 3]."""
-    from persona.data.datamodule import SubjectFrames, collate_frames
+    from persona.data.datamodule import collate_frames
 
     system, dm = loaded.system, loaded.dm
     base = system.eval_protocol
@@ -137,8 +131,7 @@ def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
     protocol = dataclasses.replace(base, fit_test_pose=True,
                                    fit_steps=default_steps if steps is None else steps,
                                    fit_lr=base.fit_lr if lr is None else lr)
-    frames = SubjectFrames(dm.subject_dir, dm.train_frames, dm.resolution_scale,
-                           dm.num_expression, missing=dm.missing)
+    frames = dm.train_dataset()
     poses, transls = [], []
     for row in rows:
         batch = collate_frames([frames[row]])
@@ -177,7 +170,7 @@ def refinement_report(run_dir: Path, subject: Path | None, refit: int = 0,
             true_poses.full_pose, true_poses.transl,
             box_smooth(written_pose, lengths, window), box_smooth(written_transl, lengths, window))
     if refit > 0:
-        chosen = spaced(refit, len(picks))  # positions in picks / the true poses
+        chosen = spread(len(picks), refit)  # positions in picks / the true poses
         pose, transl = refit_poses(loaded, [picks[i] for i in chosen], refit_steps, refit_lr)
         true_pose, true_transl = true_poses.full_pose[chosen], true_poses.transl[chosen]
         report["refit_frames"] = len(chosen)

@@ -313,7 +313,6 @@ def test_pose_refinement_angles() -> None:
     assert errors["body"] == pytest.approx(math.degrees(0.1) / 21)
     assert refinement.removed_share(4.0, 1.0) == 0.75
     assert refinement.removed_share(4.0, 5.0) == -0.25
-    assert refinement.spaced(3, 10) == [0, 4, 9]
     values = torch.tensor([0.0, 3.0, 6.0, 10.0, 20.0])  # two videos: 3 frames, then 2
     assert refinement.box_smooth(values, [3, 2], 3).tolist() == [1.5, 3.0, 4.5, 15.0, 15.0]
     assert refinement.box_smooth(values, [3, 2], 1).tolist() == values.tolist()
@@ -323,7 +322,6 @@ def test_pose_refinement_angles() -> None:
     moving[1:3, 1, 0] = 0.1  # the left hip turns between frames 0 and 1 of the first video only
     assert refinement.frame_to_frame(moving, [3, 1]) == pytest.approx(
         [math.degrees(0.1) / 21 / 2, 0.0])
-    assert refinement.spaced(1, 10) == [0] and refinement.spaced(20, 4) == [0, 1, 2, 3]
 
 
 def test_parameter_directions_summary_and_frame_draws() -> None:
