@@ -360,8 +360,9 @@ class PersonaSystem(LightningModule):
 
     # ------------------------------------------------------------------ optimiser
     def configure_callbacks(self) -> list:
-        """model.optim.ema_decay's weight average (system_config.weight_average_callbacks)."""
-        return system_config.weight_average_callbacks(self.optim_cfg)
+        """The optimiser settings' callbacks (system_config.optimiser_callbacks): the deformer's
+        gradient accumulation and the weight average."""
+        return system_config.optimiser_callbacks(self.optim_cfg)
 
     def configure_optimizers(self) -> dict:
         groups = system_config.optimizer_groups(self.avatar, self.deformer, self.frame_params,

@@ -23,6 +23,7 @@ from persona.body.types import PoseParams
 
 SMPLX_PATH_ENV = "PERSONA_SMPLX_PATH"  # fallback for model.body.model_path
 TRIPLANE_PARAMETER = "triplane"  # deformer parameters whose name holds this get the triplane lr
+DEFORMER_GROUPS = ("triplane", "mlp")  # optimizer_groups' names of the deformer's parameters
 
 DeformerFactory = Callable[[], nn.Module]  # model.deformer_class: a class_path built in build()
 
@@ -84,10 +85,18 @@ class OptimConfig:
     # > 0: an exponential moving average of every parameter (this decay per step; not in the
     # authors' code) replaces the live weights for validation, checkpoints and `persona test`
     ema_decay: float = 0.0
+    # > 1: the deformer's (triplane and MLP) gradients are averaged over this many training
+    # steps before each of its Adam steps (not in the authors' code: 1, every step); the other
+    # groups step every step
+    deformer_accumulate: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"model.optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if int(self.deformer_accumulate) != self.deformer_accumulate or \
+                self.deformer_accumulate < 1:
+            raise ValueError("model.optim.deformer_accumulate must be an integer >= 1, got "
+                             f"{self.deformer_accumulate}")
 
 
 def build_deformer(config: DeformerConfig, factory: DeformerFactory | None = None) -> nn.Module:
@@ -160,9 +169,9 @@ def optimizer_groups(avatar: nn.Module, deformer: nn.Module, frame_params: Any,
     triplane = [p for n, p in named if TRIPLANE_PARAMETER in n]
     mlp = [p for n, p in named if TRIPLANE_PARAMETER not in n]
     if triplane:
-        groups.append({"params": triplane, "lr": optim.triplane, "name": "triplane"})
+        groups.append({"params": triplane, "lr": optim.triplane, "name": DEFORMER_GROUPS[0]})
     if mlp:
-        groups.append({"params": mlp, "lr": optim.mlp, "name": "mlp"})
+        groups.append({"params": mlp, "lr": optim.mlp, "name": DEFORMER_GROUPS[1]})
     if optim.optimise_frames:
         frame_groups = frame_params.parameter_groups()
         groups.append({"params": frame_groups["frame_other"], "lr": optim.frame_other,
@@ -172,15 +181,24 @@ def optimizer_groups(avatar: nn.Module, deformer: nn.Module, frame_params: Any,
     return groups
 
 
-def weight_average_callbacks(optim: OptimConfig) -> list:
-    """The callbacks of optim.ema_decay: none when 0, else persona.callbacks.weight_average.
-    SystemEMA (every parameter averaged after each step; the checkpoint's state_dict holds the
-    average, the live weights go under "current_model_state")."""
-    if optim.ema_decay == 0.0:
-        return []
-    from persona.callbacks.weight_average import SystemEMA
+def optimiser_callbacks(optim: OptimConfig) -> list:
+    """The callbacks of the optimiser settings, none with the authors' values:
+    optim.deformer_accumulate > 1 adds persona.callbacks.gradient_accumulation.
+    GroupGradientAccumulation over the deformer's groups; optim.ema_decay > 0 adds
+    persona.callbacks.weight_average.SystemEMA (every parameter averaged after each step; the
+    checkpoint's state_dict holds the average, the live weights go under
+    "current_model_state")."""
+    callbacks: list = []
+    if optim.deformer_accumulate > 1:
+        from persona.callbacks.gradient_accumulation import GroupGradientAccumulation
 
-    return [SystemEMA(decay=optim.ema_decay)]
+        callbacks.append(GroupGradientAccumulation(DEFORMER_GROUPS,
+                                                   int(optim.deformer_accumulate)))
+    if optim.ema_decay > 0.0:
+        from persona.callbacks.weight_average import SystemEMA
+
+        callbacks.append(SystemEMA(decay=optim.ema_decay))
+    return callbacks
 
 
 def optimizer_and_schedule(groups: list[dict], optim: OptimConfig, total_steps: int) -> dict:

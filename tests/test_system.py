@@ -359,3 +359,44 @@ def test_ema_decay_keeps_the_average_of_the_steps(tiny_subject: Path, tmp_path: 
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     torch.testing.assert_close(checkpoint["state_dict"]["avatar.mean_offset"], expected)
     torch.testing.assert_close(checkpoint["current_model_state"]["avatar.mean_offset"], live[-1])
+
+
+class RecordDeformer(Callback):
+    """A copy of every deformer parameter and of avatar.mean_offset at the start and after each
+    optimiser step."""
+
+    def __init__(self) -> None:
+        self.deformer: list[list[torch.Tensor]] = []
+        self.mean_offset: list[torch.Tensor] = []
+
+    def _record(self, pl_module: PersonaSystem) -> None:
+        self.deformer.append([p.detach().clone() for p in pl_module.deformer.parameters()])
+        self.mean_offset.append(pl_module.avatar.mean_offset.detach().clone())
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self._record(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self._record(pl_module)
+
+
+def test_deformer_accumulate_steps_the_deformer_every_k_steps(tiny_subject: Path,
+                                                               tmp_path: Path):
+    """model.optim.deformer_accumulate 2: in a 6-step fit the deformer moves on steps 2, 4 and 6
+    only, the mean offsets on every step; 1 (the authors') adds no callback."""
+    from persona.callbacks.gradient_accumulation import GroupGradientAccumulation
+    from persona.system_config import OptimConfig
+
+    with pytest.raises(ValueError, match="deformer_accumulate"):
+        OptimConfig(deformer_accumulate=0)
+    pl.seed_everything(0)
+    system = PersonaSystem(**FAST_MODEL, optim=OptimConfig(deformer_accumulate=2))
+    assert [type(c) for c in system.configure_callbacks()] == [GroupGradientAccumulation]
+    recorder = RecordDeformer()
+    _trainer(tmp_path, max_epochs=2, callbacks=[recorder]).fit(system, _datamodule(tiny_subject))
+    deformer, offsets = recorder.deformer, recorder.mean_offset
+    assert len(deformer) == 7
+    for step in range(1, 7):
+        moved = any(not torch.equal(a, b) for a, b in zip(deformer[step - 1], deformer[step]))
+        assert moved == (step % 2 == 0), step
+        assert not torch.equal(offsets[step - 1], offsets[step]), step
