@@ -397,6 +397,7 @@ def test_deformer_accumulate_steps_the_deformer_every_k_steps(tiny_subject: Path
     deformer, offsets = recorder.deformer, recorder.mean_offset
     assert len(deformer) == 7
     for step in range(1, 7):
-        moved = any(not torch.equal(a, b) for a, b in zip(deformer[step - 1], deformer[step]))
+        pairs = zip(deformer[step - 1], deformer[step], strict=True)
+        moved = any(not torch.equal(a, b) for a, b in pairs)
         assert moved == (step % 2 == 0), step
         assert not torch.equal(offsets[step - 1], offsets[step]), step

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona.callbacks.gradient_accumulation import (GroupGradientAccumulation,
-                                                     accumulate_gradients_)
+from persona.callbacks.gradient_accumulation import GroupGradientAccumulation, accumulate_gradients_
 
 
 def _grads(steps: int, seed: int = 0) -> list[list[torch.Tensor]]:
@@ -27,18 +26,18 @@ def test_accumulated_adam_equals_adam_on_the_mean_gradient():
     count = 0
     for step, grad in enumerate(grads, start=1):
         before = [p.detach().clone() for p in params]
-        for p, g in zip(params, grad):
+        for p, g in zip(params, grad, strict=True):
             p.grad = g.clone()
         count = accumulate_gradients_(params, sums, count, every)
         adam.step()
-        moved = any(not torch.equal(b, p) for b, p in zip(before, params))
+        moved = any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
         assert moved == (step % every == 0), step
         assert count == step % every
     for window in (grads[:3], grads[3:]):
         for i, p in enumerate(reference):
             p.grad = sum(g[i] for g in window) / every
         adam_reference.step()
-    for p, r in zip(params, reference):
+    for p, r in zip(params, reference, strict=True):
         torch.testing.assert_close(p, r, rtol=0, atol=1e-7)
 
 
@@ -63,8 +62,8 @@ def test_the_partial_sum_survives_a_checkpoint_round_trip():
     q1, q2 = (torch.zeros(4, 3, requires_grad=True), torch.zeros(5, requires_grad=True))
     straight_opt = torch.optim.SGD([{"params": [p1, p2], "name": "deformer"}], lr=1.0)
     first_opt = torch.optim.SGD([{"params": [q1, q2], "name": "deformer"}], lr=1.0)
-    for (a, b), g in zip(((p1, p2), (p1, p2)), grads):
-        a.grad, b.grad = g[0].clone(), g[1].clone()
+    for g in grads:
+        p1.grad, p2.grad = g[0].clone(), g[1].clone()
         straight.on_before_optimizer_step(None, None, straight_opt)
     q1.grad, q2.grad = grads[0][0].clone(), grads[0][1].clone()
     resumed.on_before_optimizer_step(None, None, first_opt)
