@@ -361,23 +361,20 @@ def test_ema_decay_keeps_the_average_of_the_steps(tiny_subject: Path, tmp_path: 
     torch.testing.assert_close(checkpoint["current_model_state"]["avatar.mean_offset"], live[-1])
 
 
-class RecordDeformer(Callback):
-    """A copy of every deformer parameter and of avatar.mean_offset at the start and after each
-    optimiser step."""
+class RecordDeformer(RecordMeanOffset):
+    """RecordMeanOffset's mean offsets and a copy of every deformer parameter, at the start and
+    after each optimiser step."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.deformer: list[list[torch.Tensor]] = []
-        self.mean_offset: list[torch.Tensor] = []
-
-    def _record(self, pl_module: PersonaSystem) -> None:
-        self.deformer.append([p.detach().clone() for p in pl_module.deformer.parameters()])
-        self.mean_offset.append(pl_module.avatar.mean_offset.detach().clone())
 
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-        self._record(pl_module)
+        self.on_train_batch_end(trainer, pl_module, None, None, -1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        self._record(pl_module)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.deformer.append([p.detach().clone() for p in pl_module.deformer.parameters()])
 
 
 def test_deformer_accumulate_steps_the_deformer_every_k_steps(tiny_subject: Path,
@@ -389,12 +386,14 @@ def test_deformer_accumulate_steps_the_deformer_every_k_steps(tiny_subject: Path
 
     with pytest.raises(ValueError, match="deformer_accumulate"):
         OptimConfig(deformer_accumulate=0)
+    assert PersonaSystem(**FAST_MODEL, optim=OptimConfig(deformer_accumulate=1)
+                         ).configure_callbacks() == []
     pl.seed_everything(0)
     system = PersonaSystem(**FAST_MODEL, optim=OptimConfig(deformer_accumulate=2))
     assert [type(c) for c in system.configure_callbacks()] == [GroupGradientAccumulation]
     recorder = RecordDeformer()
     _trainer(tmp_path, max_epochs=2, callbacks=[recorder]).fit(system, _datamodule(tiny_subject))
-    deformer, offsets = recorder.deformer, recorder.mean_offset
+    deformer, offsets = recorder.deformer, recorder.values
     assert len(deformer) == 7
     for step in range(1, 7):
         pairs = zip(deformer[step - 1], deformer[step], strict=True)

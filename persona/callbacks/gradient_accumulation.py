@@ -28,7 +28,7 @@ def accumulate_gradients_(params: Sequence[Tensor], sums: list[Tensor], count: i
     if all(p.grad is None for p in params):
         return count
     if not sums:
-        sums.extend(torch.zeros_like(p, memory_format=torch.preserve_format) for p in params)
+        sums.extend(torch.zeros_like(p) for p in params)
     for i, (p, total) in enumerate(zip(params, sums, strict=True)):
         if total.device != p.device:  # restored from a checkpoint on another device
             sums[i] = total = total.to(p.device)
