@@ -1,0 +1,176 @@
+"""How far can the avatar's own offsets get with the garment's true 3D offsets as supervision?
+
+Issue 12's displacement bar asks a fit trained through images to bring the garment's error in
+the held-out test motion to at most 50 % of no offset and 70 % of deformer off. This measures
+the same model's ceiling on the same subject and budget: a trained run on a synthetic subject is
+loaded for its template, skinning and deformer architecture; its static offset and deformer are
+reset (zeros; the deformer re-initialised as at the start of a fit, seeded); then the two are
+fitted with direct 3D supervision, one true training pose per step (the poses the generated
+frames were rendered in), to the true canonical offsets of every Gaussian (the garment's, 0
+elsewhere): loss = mean over Gaussians of |static + deformer(pose) - truth(pose)|^2. Adam with the
+run's learning rates of the mean offsets, triplane and MLP, decayed by the run's factor at its
+decay fraction. Everything else (colours, scales, per-frame SMPL-X) is not used. The result is
+scored by persona/metrics/deformation.py exactly as `persona test` scores a fit (world errors in
+the test poses; the train_* sections on the training poses).
+
+`--input written`: the deformer sees the SMPL-X written for each generated frame (with the
+subject's simulated pose noise) while the target is the truth in the frame's true pose, as in a
+fit on that subject; `--input true` (default): the true pose. `--poses-per-step B` averages the
+loss over B poses a step (the fits: 1).
+
+    .venv/bin/python experiments/deformer_ceiling.py RUN_DIR [--steps 480 1440] [--input true]
+        [--poses-per-step 1] [--seed 0] [--out ceiling.json]
+
+Prints (and writes to --out) JSON: per step count, the garment / skirt / sleeves sections'
+world_error_mm, world_zero_offset_error_mm, pose_part_correlation (test poses) and train_*
+world_error_mm, with the ratios of the garment's test error to no offset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deformer_diagnostics as diag  # noqa: E402
+
+SECTIONS = ("garment", "skirt", "sleeves")
+KEYS = ("world_error_mm", "world_zero_offset_error_mm", "world_static_only_error_mm",
+        "pose_part_correlation")
+
+
+def reset_offsets(system: Any, seed: int) -> None:
+    """Static offset to zero, the deformer re-initialised (its layers' own init, triplane 0)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        system.avatar.mean_offset.zero_()
+        for module in system.deformer.modules():
+            if isinstance(module, (nn.Linear, nn.GroupNorm)):
+                module.reset_parameters()
+        if hasattr(system.deformer, "triplane"):
+            system.deformer.triplane.planes.zero_()
+        zero_output = bool(getattr(system.deformer, "zero_init_output", False))
+        if zero_output:
+            nn.init.zeros_(system.deformer.output_layer.weight)
+            nn.init.zeros_(system.deformer.output_layer.bias)
+
+
+def written_poses(loaded: Any, lengths: list[int]) -> list:
+    """The SMPL-X written for each generated frame (batch 1 each), in true_training_poses'
+    order."""
+    frames = loaded.dm.train_dataset().frames
+    return [frames[row].pose for row in diag.generated_rows(frames, lengths)]
+
+
+def fit(loaded: Any, steps: int, input_poses: list, true_poses: Any, targets: torch.Tensor,
+        index: torch.Tensor, poses_per_step: int, seed: int) -> list[float]:
+    """3D-supervised fit of the static offset and the deformer; returns the loss every 10 %."""
+    from persona.avatar.posing import body_pose_6d
+    from persona.data import synth
+
+    system = loaded.system
+    optim = system.optim_cfg
+    reset_offsets(system, seed)
+    groups = [{"params": [system.avatar.mean_offset], "lr": optim.mean_offset}]
+    named = list(system.deformer.named_parameters())
+    groups += [{"params": [p for n, p in named if "triplane" in n], "lr": optim.triplane},
+               {"params": [p for n, p in named if "triplane" not in n], "lr": optim.mlp}]
+    groups = [g for g in groups if g["params"]]
+    adam = torch.optim.Adam(groups, eps=optim.adam_eps)
+    decay_step = max(1, math.floor(optim.decay_at * steps))  # as optimizer_and_schedule
+    generator = torch.Generator().manual_seed(seed)
+    canonical = system.template.canonical_vertices.detach()  # [N, 3]
+    count = targets.shape[0]
+    losses = []
+    system.train()
+    for step in range(steps):
+        if step == decay_step:
+            for group in adam.param_groups:
+                group["lr"] *= optim.decay_factor
+        picks = torch.randint(count, (poses_per_step,), generator=generator).tolist()
+        loss = canonical.new_zeros(())
+        for t in picks:
+            pose = synth.select(true_poses, t)
+            state = system.posed_state(pose, body_pose_6d(input_poses[t]))
+            offset = state.canonical_refined[index] - canonical[index]  # [M, 3]
+            loss = loss + ((offset - targets[t]) ** 2).sum(-1).mean() / poses_per_step
+        adam.zero_grad(set_to_none=True)
+        loss.backward()
+        adam.step()
+        if (step + 1) % max(1, steps // 10) == 0:
+            losses.append(round(float(loss), 8))
+    system.eval()
+    return losses
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--subject", type=Path, default=None)
+    parser.add_argument("--steps", type=int, nargs="+", default=[480, 1440])
+    parser.add_argument("--input", choices=("true", "written"), default="true",
+                        help="the deformer's pose input: the true pose or the written SMPL-X")
+    parser.add_argument("--poses-per-step", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.poses_per_step < 1 or any(s < 1 for s in args.steps):
+        parser.error("--steps and --poses-per-step must be >= 1")
+
+    from persona.data import synth
+    from persona.metrics import deformation as D
+
+    loaded = diag.load_synth_run(args.run_dir, args.subject)
+    system, config, body = loaded.system, loaded.config, loaded.body
+    if system.deformer.mode == "off":
+        raise SystemExit(f"{args.run_dir}: the run's deformer is off; load a run with a deformer")
+    truth_avatar = synth.build_avatar(body, loaded.identity, config)
+    true_poses, lengths = D.true_training_poses(body, loaded.identity, config)
+    with torch.no_grad():
+        truth = synth.garment_offsets(body, truth_avatar, true_poses, config.garment)  # [K,N,3]
+    index, method = D.match_gaussians(D.avatar_canonical(system).detach().float(),
+                                      truth_avatar.canonical)  # [N] avatar index per true one
+    count = int(true_poses.full_pose.shape[0])
+    input_poses = (written_poses(loaded, lengths) if args.input == "written"
+                   else [synth.select(true_poses, t) for t in range(count)])
+    tests, _ = diag.test_poses(loaded.dm)
+    scoring = D.build_truth(loaded.subject, tests)
+    matched = D.match_system(system, scoring)
+    result: dict[str, Any] = {"run": str(loaded.run), "subject": str(loaded.subject),
+                              "matching": method, "input": args.input,
+                              "poses_per_step": args.poses_per_step, "seed": args.seed,
+                              "training_poses": count, "fits": []}
+    for steps in args.steps:
+        losses = fit(loaded, steps, input_poses, true_poses, truth.float(), index,
+                     args.poses_per_step, args.seed)
+        report = D.deformation_report(system, scoring, matched)
+        row: dict[str, Any] = {"steps": steps, "loss_every_tenth": losses}
+        for section in SECTIONS:
+            for prefix in ("", D.TRAIN_PREFIX):
+                values = report.get(f"{prefix}{section}", {})
+                for key in KEYS:
+                    if key in values:
+                        row[f"{prefix}{section}/{key}"] = round(float(values[key]), 3)
+        garment = report[D.GARMENT_KEY]
+        row["garment_over_zero_offset"] = round(
+            garment["world_error_mm"] / garment["world_zero_offset_error_mm"], 3)
+        result["fits"].append(row)
+        print(json.dumps(row), flush=True)
+    text = json.dumps(result, indent=1)
+    if args.out is not None:
+        from persona.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
