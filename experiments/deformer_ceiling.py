@@ -13,6 +13,10 @@ decay fraction. Everything else (colours, scales, per-frame SMPL-X) is not used.
 scored by persona/metrics/deformation.py exactly as `persona test` scores a fit (world errors in
 the test poses; the train_* sections on the training poses).
 
+`--input-share S` draws the input image's pose (the captured frame's, exact in a synthetic
+subject) with probability S a step instead of a generated frame's, as the fits' balanced sampler
+does (configs/demo.yaml: 1:1, S = 0.5); default 0: generated frames only.
+
 `--input written`: the deformer sees the SMPL-X written for each generated frame (with the
 subject's simulated pose noise) while the target is the truth in the frame's true pose, as in a
 fit on that subject; `--input true` (default): the true pose. `--poses-per-step B` averages the
@@ -69,11 +73,34 @@ def written_poses(loaded: Any, lengths: list[int]) -> list:
     return [frames[row].pose for row in diag.generated_rows(frames, lengths)]
 
 
-def fit(loaded: Any, steps: int, input_poses: list, true_poses: Any, targets: torch.Tensor,
-        index: torch.Tensor, poses_per_step: int, seed: int) -> list[float]:
-    """3D-supervised fit of the static offset and the deformer; returns the loss every 10 %."""
+def captured_pose(loaded: Any) -> Any:
+    """The input image's SMPL-X (batch 1): the captured frame of the training set."""
+    from persona.data.subject import CAPTURED_SPLIT
+
+    frames = loaded.dm.train_dataset().frames
+    found = [frame.pose for frame in frames if frame.split == CAPTURED_SPLIT]
+    if not found:
+        raise SystemExit(f"{loaded.subject}: no captured frame among the training frames")
+    return found[0]
+
+
+def draw(count: int, input_share: float, generator: torch.Generator) -> int:
+    """A pose index: the last (the input image's) with probability input_share, else one of the
+    count - 1 generated frames' uniformly (every index uniformly when input_share is None)."""
+    if input_share is None:
+        return int(torch.randint(count, (1,), generator=generator))
+    if float(torch.rand((), generator=generator)) < input_share:
+        return count - 1
+    return int(torch.randint(count - 1, (1,), generator=generator))
+
+
+def fit(loaded: Any, steps: int, input_poses: list, true_poses: list, targets: torch.Tensor,
+        index: torch.Tensor, poses_per_step: int, seed: int,
+        input_share: float | None = None) -> list[float]:
+    """3D-supervised fit of the static offset and the deformer; returns the loss every 10 %.
+    true_poses, input_poses: poses (batch 1 each) the offsets are posed in / the deformer sees;
+    targets [len(true_poses), N, 3]; input_share: see draw (None: uniform over the poses)."""
     from persona.avatar.posing import body_pose_6d
-    from persona.data import synth
 
     system = loaded.system
     optim = system.optim_cfg
@@ -94,11 +121,10 @@ def fit(loaded: Any, steps: int, input_poses: list, true_poses: Any, targets: to
         if step == decay_step:
             for group in adam.param_groups:
                 group["lr"] *= optim.decay_factor
-        picks = torch.randint(count, (poses_per_step,), generator=generator).tolist()
         loss = canonical.new_zeros(())
-        for t in picks:
-            pose = synth.select(true_poses, t)
-            state = system.posed_state(pose, body_pose_6d(input_poses[t]))
+        for _ in range(poses_per_step):
+            t = draw(count, input_share, generator)
+            state = system.posed_state(true_poses[t], body_pose_6d(input_poses[t]))
             offset = state.canonical_refined[index] - canonical[index]  # [M, 3]
             loss = loss + ((offset - targets[t]) ** 2).sum(-1).mean() / poses_per_step
         adam.zero_grad(set_to_none=True)
@@ -118,11 +144,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--input", choices=("true", "written"), default="true",
                         help="the deformer's pose input: the true pose or the written SMPL-X")
     parser.add_argument("--poses-per-step", type=int, default=1)
+    parser.add_argument("--input-share", type=float, default=0.0,
+                        help="probability of drawing the input image's pose a step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.poses_per_step < 1 or any(s < 1 for s in args.steps):
         parser.error("--steps and --poses-per-step must be >= 1")
+    if not 0.0 <= args.input_share <= 1.0:
+        parser.error("--input-share must lie in [0, 1]")
 
     from persona.data import synth
     from persona.metrics import deformation as D
@@ -138,18 +168,29 @@ def main(argv: list[str]) -> int:
     index, method = D.match_gaussians(D.avatar_canonical(system).detach().float(),
                                       truth_avatar.canonical)  # [N] avatar index per true one
     count = int(true_poses.full_pose.shape[0])
-    input_poses = (written_poses(loaded, lengths) if args.input == "written"
-                   else [synth.select(true_poses, t) for t in range(count)])
+    poses = [synth.select(true_poses, t) for t in range(count)]
+    input_poses = written_poses(loaded, lengths) if args.input == "written" else list(poses)
+    targets = truth.float()  # [K, N, 3]
+    share = None
+    if args.input_share > 0:
+        captured = captured_pose(loaded)
+        with torch.no_grad():
+            captured_truth = synth.garment_offsets(body, truth_avatar, captured, config.garment)
+        poses.append(captured)
+        input_poses.append(captured)
+        targets = torch.cat([targets, captured_truth.float()])  # [K + 1, N, 3]
+        share = args.input_share
     tests, _ = diag.test_poses(loaded.dm)
     scoring = D.build_truth(loaded.subject, tests)
     matched = D.match_system(system, scoring)
     result: dict[str, Any] = {"run": str(loaded.run), "subject": str(loaded.subject),
                               "matching": method, "input": args.input,
                               "poses_per_step": args.poses_per_step, "seed": args.seed,
+                              "input_share": args.input_share,
                               "training_poses": count, "fits": []}
     for steps in args.steps:
-        losses = fit(loaded, steps, input_poses, true_poses, truth.float(), index,
-                     args.poses_per_step, args.seed)
+        losses = fit(loaded, steps, input_poses, poses, targets, index, args.poses_per_step,
+                     args.seed, share)
         report = D.deformation_report(system, scoring, matched)
         row: dict[str, Any] = {"steps": steps, "loss_every_tenth": losses}
         for section in SECTIONS:
