@@ -12,7 +12,13 @@ from torch import Tensor
 from persona.body.model import BodyModel
 from persona.body.regions import FACE_EXPR, expression_regions
 from persona.body.types import JAW_JOINT, Identity, PoseParams
-from persona.ops.mesh import apply_laplacian, mesh_edges, region_ring, uniform_laplacian
+from persona.ops.mesh import (
+    NeighbourLaplacian,
+    apply_laplacian,
+    mesh_edges,
+    neighbour_laplacian,
+    region_ring,
+)
 
 # Triplane positions are template positions divided by this length (METHOD.md section 3: 1 m).
 TRIPLANE_UNIT_METRES = 1.0
@@ -55,8 +61,8 @@ class AvatarTemplate:
     dominant_joint: Tensor  # [N] long, argmax of lbs_weights
     num_original_vertices: int  # V0: vertices 0..V0-1 are the body's own vertices
     original_faces: Tensor  # [F0, 3] long, the body's own topology
-    laplacian: Tensor  # sparse [N, N] uniform Laplacian of the subdivided mesh
-    original_laplacian: Tensor  # sparse [V0, V0] uniform Laplacian of the original mesh
+    laplacian: NeighbourLaplacian  # [N, N] uniform Laplacian of the subdivided mesh
+    original_laplacian: NeighbourLaplacian  # [V0, V0] uniform Laplacian of the original mesh
     template_laplacian_targets: Tensor | None = None  # [N, 3] laplacian @ canonical_vertices
     deform_rows: Tensor | None = None  # [M] long, rows of ~no_deform (the deformer's active set)
     median_edge_length: float = 0.0  # m, median edge of the subdivided big-pose mesh
@@ -76,7 +82,7 @@ class AvatarTemplate:
         values = {}
         for item in fields(self):
             value = getattr(self, item.name)
-            if isinstance(value, Tensor):
+            if isinstance(value, (Tensor, NeighbourLaplacian)):
                 value = value.to(device)
             elif isinstance(value, dict):
                 value = {k: v.to(device) for k, v in value.items()}
@@ -182,7 +188,7 @@ def build_avatar_template(
     regions[KEEP_TEMPLATE_WEIGHTS] = _union(regions, TEMPLATE_WEIGHT_REGIONS)
     regions[FACE_GAUSSIANS] = _union(regions, FACE_GAUSSIAN_REGIONS)
     lbs_weights = attributes["lbs_weights"]
-    laplacian = uniform_laplacian(faces, vertices.shape[0], laplacian_max_neighbours)
+    laplacian = neighbour_laplacian(faces, vertices.shape[0], laplacian_max_neighbours)
     return AvatarTemplate(
         canonical_vertices=vertices,
         faces=faces,
@@ -195,8 +201,8 @@ def build_avatar_template(
         num_original_vertices=body.num_vertices,
         original_faces=original_faces,
         laplacian=laplacian,
-        original_laplacian=uniform_laplacian(original_faces, body.num_vertices,
-                                             laplacian_max_neighbours),
+        original_laplacian=neighbour_laplacian(original_faces, body.num_vertices,
+                                               laplacian_max_neighbours),
         template_laplacian_targets=apply_laplacian(laplacian, vertices),
         median_edge_length=median_edge_length(vertices, faces),
         original_median_edge_length=median_edge_length(canonical, original_faces),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from persona.ops.mesh import apply_laplacian
+from persona.ops.mesh import NeighbourLaplacian, apply_laplacian
 
 # Region keys of AvatarTemplate.region_masks used here.
 FACE_EYE_REGIONS = ("face_expr", "eyes")
@@ -81,16 +81,16 @@ def template_relative_mask(region_masks: dict[str, Tensor]) -> Tensor:
 
 def laplacian_loss(
     values: Tensor,
-    laplacian: Tensor,
+    laplacian: Tensor | NeighbourLaplacian,
     vertex_weight: Tensor | None = None,
     reference: Tensor | None = None,
     relative_mask: Tensor | None = None,
 ) -> Tensor:
     """mean_{i, c} w_i (r_ic)^2 with r = L @ values, minus reference where relative_mask.
 
-    values [N, C] or [B, N, C]; laplacian sparse [N, N]; vertex_weight [N] (None = 1);
-    reference [N, C] (the template's Laplacian); relative_mask [N] bool (None = everywhere when a
-    reference is given).
+    values [N, C] or [B, N, C]; laplacian [N, N] (sparse or NeighbourLaplacian); vertex_weight
+    [N] (None = 1); reference [N, C] (the template's Laplacian); relative_mask [N] bool (None =
+    everywhere when a reference is given).
     """
     if values.shape[-2] != laplacian.shape[0]:
         raise ValueError(f"laplacian_loss: values have {values.shape[-2]} vertices, the "
@@ -120,7 +120,7 @@ def hand_rgb_tv(rgb: Tensor, edges: Tensor, hand_mask: Tensor) -> Tensor:
     return (rgb[hand_edges[:, 0]] - rgb[hand_edges[:, 1]]).abs().mean()
 
 
-def laplacian_energy(values: Tensor, laplacian: Tensor,
+def laplacian_energy(values: Tensor, laplacian: Tensor | NeighbourLaplacian,
                      vertex_weight: Tensor | None = None) -> Tensor:
     """mean_{i, c} w_i (L values)_ic^2 (log-scales, colours). values [N, C] or [B, N, C]."""
     return laplacian_loss(values, laplacian, vertex_weight)
@@ -129,7 +129,7 @@ def laplacian_energy(values: Tensor, laplacian: Tensor,
 def mean_laplacian_loss(
     means: Tensor,
     template_vertices: Tensor,
-    laplacian: Tensor,
+    laplacian: Tensor | NeighbourLaplacian,
     region_masks: dict[str, Tensor],
     face_eye_factor: float = 50.0,  # factor on eyes and the expression face
     hand_boundary_factor: float = 10.0,  # factor on hands and the expression boundary
@@ -150,7 +150,7 @@ def mean_laplacian_loss(
     return laplacian_loss(means, laplacian, factors, reference, subtracted)
 
 
-def posed_laplacian_loss(posed_means: Tensor, laplacian: Tensor,
+def posed_laplacian_loss(posed_means: Tensor, laplacian: Tensor | NeighbourLaplacian,
                          region_masks: dict[str, Tensor],
                          reference: Tensor | None = None,
                          reference_scale: float = 1.0) -> Tensor:

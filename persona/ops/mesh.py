@@ -1,9 +1,14 @@
 """Triangle-mesh operators: edges, neighbours, the uniform Laplacian, vertex normals, rings.
 
-Meshes are ``faces [F, 3] long`` indexing ``num_vertices`` vertices.
+Meshes are ``faces [F, 3] long`` indexing ``num_vertices`` vertices. The uniform Laplacian comes
+in two forms of one operator: ``uniform_laplacian``, a sparse matrix (the reference), and
+``neighbour_laplacian``, padded one-ring gathers (what the avatar template holds: faster forward
+and backward on the CPU, experiments/bench/laplacian.py); ``apply_laplacian`` takes either.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -78,11 +83,106 @@ def uniform_laplacian(faces: Tensor, num_vertices: int, max_neighbours: int = 10
                                    check_invariants=True).coalesce()
 
 
+@dataclass(frozen=True)
+class NeighbourLaplacian:
+    """The uniform Laplacian as gathers over padded rings:
+    (L x)_i = diagonal_i x_i - sum_k weights_ik x_(neighbours_ik), the operator of
+    uniform_laplacian's sparse matrix (parity: tests/ops/test_mesh.py). The transpose, which the
+    backward applies, has rings of its own (a capped row is not its columns' row)."""
+
+    neighbours: Tensor  # [V, K] long; padded slots hold the vertex itself
+    weights: Tensor  # [V, K] 1 / (number of neighbours) on valid slots, 0 on padded ones
+    diagonal: Tensor  # [V] 1 where the vertex has a neighbour, else 0 (an isolated vertex)
+    transposed_neighbours: Tensor  # [V, K'] long: the rows i whose ring holds vertex j
+    transposed_weights: Tensor  # [V, K'] those rows' weights of j, 0 on padded slots
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.diagonal.shape[0], self.diagonal.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.device
+
+    def to(self, target: torch.device | str | torch.dtype) -> NeighbourLaplacian:
+        """Moved to a device (every tensor) or cast to a floating dtype (the weights)."""
+        index = (lambda t: t) if isinstance(target, torch.dtype) else (lambda t: t.to(target))
+        return NeighbourLaplacian(index(self.neighbours), self.weights.to(target),
+                                  self.diagonal.to(target), index(self.transposed_neighbours),
+                                  self.transposed_weights.to(target))
+
+    def to_dense(self) -> Tensor:
+        """The [V, V] matrix (tests and small meshes only)."""
+        rows = torch.arange(self.shape[0], device=self.device)[:, None].expand_as(self.neighbours)
+        return torch.diag(self.diagonal).index_put((rows, self.neighbours), -self.weights,
+                                                   accumulate=True)
+
+
+def _padded_rows(rows: Tensor, cols: Tensor, values: Tensor, num_rows: int
+                 ) -> tuple[Tensor, Tensor]:
+    """Entries (rows, cols, values) [E] as padded rows: (cols [R, K] long, values [R, K]) with K
+    the longest row; padded slots hold the row itself and value 0."""
+    order = torch.argsort(rows * num_rows + cols)
+    rows, cols, values = rows[order], cols[order], values[order]
+    counts = torch.bincount(rows, minlength=num_rows)  # [R]
+    width = max(1, int(counts.max())) if rows.numel() else 1
+    rank = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0)
+                                                               - counts)[rows]
+    index = torch.arange(num_rows, device=rows.device)[:, None].repeat(1, width)
+    padded = values.new_zeros(num_rows, width)
+    index[rows, rank] = cols
+    padded[rows, rank] = values
+    return index, padded
+
+
+def neighbour_laplacian(faces: Tensor, num_vertices: int, max_neighbours: int = 10,
+                        dtype: torch.dtype = torch.float32) -> NeighbourLaplacian:
+    """uniform_laplacian's operator (the same at most max_neighbours one-ring neighbours of each
+    vertex) as a NeighbourLaplacian."""
+    index, valid = vertex_neighbours(faces, num_vertices, max_neighbours)
+    counts = valid.sum(1)  # [V]
+    weights = valid.to(dtype) / counts.clamp(min=1).to(dtype)[:, None]  # [V, K]
+    rows = torch.arange(num_vertices, device=faces.device)[:, None].expand_as(index)[valid]
+    transposed, transposed_weights = _padded_rows(index[valid], rows, weights[valid],
+                                                  num_vertices)
+    return NeighbourLaplacian(index, weights, (counts > 0).to(dtype), transposed,
+                              transposed_weights)
+
+
+def _ring_product(values: Tensor, diagonal: Tensor, neighbours: Tensor, weights: Tensor
+                  ) -> Tensor:
+    """diagonal_i x_i - sum_k weights_ik x_(neighbours_ik) for values [..., V, C]."""
+    ring = values.index_select(-2, neighbours.reshape(-1))  # [..., V * K, C]
+    ring = ring.unflatten(-2, neighbours.shape)  # [..., V, K, C]
+    return values * diagonal[:, None] - (ring * weights[..., None]).sum(-2)
+
+
+class _GatherLaplacian(torch.autograd.Function):
+    """L x by gathers, L^T g by the transposed rings' gathers (no scatter in the backward)."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, laplacian: NeighbourLaplacian) -> Tensor:
+        ctx.laplacian = laplacian
+        return _ring_product(values, laplacian.diagonal, laplacian.neighbours,
+                             laplacian.weights)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D401 - autograd signature
+        lap = ctx.laplacian
+        return (_ring_product(grad.contiguous(), lap.diagonal, lap.transposed_neighbours,
+                              lap.transposed_weights), None)
+
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # multiplied in float32 by apply_laplacian
 
 
-def apply_laplacian(laplacian: Tensor, values: Tensor) -> Tensor:
-    """L @ values for values [V, C] or [B, V, C] (differentiable in values) -> same shape.
+def apply_laplacian(laplacian: Tensor | NeighbourLaplacian, values: Tensor) -> Tensor:
+    """L @ values for values [V, C] or [B, V, C] (differentiable in values) -> same shape;
+    laplacian: uniform_laplacian's sparse [V, V] or a NeighbourLaplacian.
     Half-precision values (trainer.precision 16-mixed / bf16-mixed) are multiplied in float32,
     with autocast off: sparse products have no half kernels on CUDA, and the regularisers that
     call this are weighted up to 1e6, beyond half precision's range (the result is then float32)."""
@@ -94,18 +194,20 @@ def apply_laplacian(laplacian: Tensor, values: Tensor) -> Tensor:
     return _apply_laplacian(laplacian, values)
 
 
-def _apply_laplacian(laplacian: Tensor, values: Tensor) -> Tensor:
+def _apply_laplacian(laplacian: Tensor | NeighbourLaplacian, values: Tensor) -> Tensor:
+    if values.ndim not in (2, 3):
+        raise ValueError(f"apply_laplacian: expected values [V, C] or [B, V, C], "
+                         f"got {list(values.shape)}")
     if laplacian.dtype != values.dtype:
         laplacian = laplacian.to(values.dtype)
+    if isinstance(laplacian, NeighbourLaplacian):
+        return _GatherLaplacian.apply(values, laplacian)
     if values.ndim == 2:
         return torch.sparse.mm(laplacian, values)
-    if values.ndim == 3:
-        batch, num_vertices, channels = values.shape
-        flat = values.permute(1, 0, 2).reshape(num_vertices, batch * channels)
-        out = torch.sparse.mm(laplacian, flat)
-        return out.reshape(num_vertices, batch, channels).permute(1, 0, 2)
-    raise ValueError(f"apply_laplacian: expected values [V, C] or [B, V, C], "
-                     f"got {list(values.shape)}")
+    batch, num_vertices, channels = values.shape
+    flat = values.permute(1, 0, 2).reshape(num_vertices, batch * channels)
+    out = torch.sparse.mm(laplacian, flat)
+    return out.reshape(num_vertices, batch, channels).permute(1, 0, 2)
 
 
 def vertex_normals(vertices: Tensor, faces: Tensor) -> Tensor:

@@ -1,10 +1,14 @@
 """Mesh operators on hand-made meshes with known answers."""
 
+import itertools
+
 import torch
 
 from persona.ops.mesh import (
+    NeighbourLaplacian,
     apply_laplacian,
     mesh_edges,
+    neighbour_laplacian,
     region_ring,
     uniform_laplacian,
     vertex_neighbours,
@@ -39,12 +43,47 @@ def test_uniform_laplacian_values() -> None:
     torch.testing.assert_close(capped[0], torch.tensor([-0.5, -0.5, 0.0]))
 
 
+def test_neighbour_laplacian_matches_the_sparse_reference() -> None:
+    """The gather form is the sparse matrix's operator: same dense matrix, and in float64 the
+    same products and gradients for [V, C] and [B, V, C] values, on a mesh with capped rows and an
+    isolated vertex; casting and moving keep the neighbour indices."""
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.tensor([[i * 5 + j, i * 5 + j + 1, (i + 1) * 5 + j] for i in range(4)
+                         for j in range(4)] + [[i * 5 + j + 1, (i + 1) * 5 + j + 1,
+                                                (i + 1) * 5 + j] for i in range(4)
+                                               for j in range(4)])
+    num_vertices = 26  # vertex 25 is in no face
+    for max_neighbours in (10, 3):
+        reference = uniform_laplacian(grid, num_vertices, max_neighbours, dtype=torch.float64)
+        gathers = neighbour_laplacian(grid, num_vertices, max_neighbours, dtype=torch.float64)
+        assert gathers.shape == (num_vertices, num_vertices)
+        torch.testing.assert_close(gathers.to_dense(), reference.to_dense())
+        for shape in ((num_vertices, 3), (2, num_vertices, 3)):
+            values = torch.randn(shape, dtype=torch.float64, generator=generator)
+            upstream = torch.randn(shape, dtype=torch.float64, generator=generator)
+            grads = []
+            for laplacian in (reference, gathers):
+                leaf = values.clone().requires_grad_(True)
+                out = apply_laplacian(laplacian, leaf)
+                (out * upstream).sum().backward()
+                grads.append((out.detach(), leaf.grad))
+            torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-12)
+    single = gathers.to(torch.float32)
+    assert isinstance(single, NeighbourLaplacian) and single.dtype == torch.float32
+    assert single.neighbours.dtype == torch.int64
+    assert apply_laplacian(single, torch.ones(num_vertices, 2)).abs().max() < 1e-6
+    moved = gathers.to("meta")
+    assert {moved.neighbours.device.type, moved.weights.device.type} == {"meta"}
+
+
 def test_laplacian_in_mixed_precision_is_float32() -> None:
     """Under autocast (trainer.precision bf16-mixed / 16-mixed) half-precision values are
     multiplied in float32 with autocast off (CUDA has no half sparse kernels): the result is
     float32, equals the float32 product of the same values, and gradients reach the input."""
-    laplacian = uniform_laplacian(FAN_FACES, 5)
-    for dtype in (torch.bfloat16, torch.float16):
+    for laplacian, dtype in itertools.product(
+            (uniform_laplacian(FAN_FACES, 5), neighbour_laplacian(FAN_FACES, 5)),
+            (torch.bfloat16, torch.float16)):
         values = (FAN_VERTICES * 1.5).to(dtype).requires_grad_(True)
         stacked = torch.stack([values, values])  # [2, V, 3]
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -58,7 +97,8 @@ def test_laplacian_in_mixed_precision_is_float32() -> None:
         assert values.grad is not None and values.grad.abs().sum() > 0
     double = FAN_VERTICES.double()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # wider inputs keep their precision
-        assert apply_laplacian(laplacian, double).dtype == torch.float64
+        for laplacian in (uniform_laplacian(FAN_FACES, 5), neighbour_laplacian(FAN_FACES, 5)):
+            assert apply_laplacian(laplacian, double).dtype == torch.float64
 
 
 def test_vertex_normals_area_weighted() -> None:
