@@ -61,7 +61,7 @@ from data_prep.stage import (
     read_keypoints,
     split_frame_indices,
 )
-from persona.body.lbs import batch_rodrigues, make_transform, rigid_chain
+from persona.body.lbs import make_transform, rigid_chain
 from persona.body.model import BodyModel
 from persona.body.types import SMPLX_JOINT_NAMES, Identity, PoseParams
 from persona.data.subject import (
@@ -74,6 +74,7 @@ from persona.data.subject import (
     pose_from_json,
     write_json,
 )
+from persona.ops.rotations import axis_angle_to_matrix
 from persona.render.projection import pinhole
 from persona.render.types import Camera
 
@@ -224,7 +225,7 @@ class FootLandmarks:
         with torch.no_grad():
             shaped = body.shaped_vertices(identity)  # [V, 3]
             self.rest = body.rest_joints(identity)  # [55, 3]
-            rotations = batch_rodrigues(poses.full_pose + body.pose_mean)  # [T, 55, 3, 3]
+            rotations = axis_angle_to_matrix(poses.full_pose + body.pose_mean)  # [T, 55, 3, 3]
             _, relative = rigid_chain(rotations, self.rest.expand(frames, -1, -1), body.parents)
             # world transforms [T, 55, 4, 4] (relative = world with t - R rest)
             world = relative.clone()
@@ -250,7 +251,7 @@ class FootLandmarks:
 
     def __call__(self, ankles: Tensor) -> Tensor:
         """ankles [T, 2, 3] axis-angle (joints 7, 8) -> landmarks [T, L, 3] (world)."""
-        ankle_rotations = batch_rodrigues(ankles + self.pose_mean)  # [T, 2, 3, 3]
+        ankle_rotations = axis_angle_to_matrix(ankles + self.pose_mean)  # [T, 2, 3, 3]
         world: dict[int, Tensor] = {}
         for joint in self.subtree:
             parent = self.parents[joint]

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from persona.body.lbs import batch_rodrigues, rigid_chain, skin_points
+from persona.body.lbs import rigid_chain, skin_points
 from persona.body.model import BodyModel
 from persona.body.types import NUM_JOINTS, SMPLX_JOINT_NAMES, Identity, PoseParams
+from persona.ops.rotations import axis_angle_to_matrix
 
 NUM_LANDMARKS = 144  # smplx output joints with use_face_contour=True (PREPROCESSING.md 4.3)
 NUM_VERTEX_JOINTS = 21  # 55-75 (PREPROCESSING.md 4.3)
@@ -242,7 +243,7 @@ def landmark_table(body: BodyModel, embedding: LandmarkEmbedding | None = None) 
 def contour_bins(full_pose: Tensor, pose_mean: Tensor) -> Tensor:
     """smplx's dynamic contour bin per batch element from the neck-chain rotation (yaw, degrees,
     rounded, clamped to +-39; negative yaws map to 39 - yaw). full_pose [B, 55, 3] -> [B] long."""
-    rotations = batch_rodrigues((full_pose + pose_mean)[:, list(NECK_CHAIN)])  # [B, 5, 3, 3]
+    rotations = axis_angle_to_matrix((full_pose + pose_mean)[:, list(NECK_CHAIN)])  # [B, 5, 3, 3]
     chain = torch.eye(3, dtype=full_pose.dtype, device=full_pose.device).expand(
         full_pose.shape[0], 3, 3)
     for k in range(len(NECK_CHAIN)):
@@ -265,7 +266,7 @@ def posed_landmarks(body: BodyModel, identity: Identity, pose: PoseParams,
     batch = pose.batch_size
     shaped = body.shaped_vertices(identity)  # [V, 3]
     rest = body.rest_joints(identity)  # [55, 3]
-    rotations = batch_rodrigues(pose.full_pose + body.pose_mean)  # [B, 55, 3, 3]
+    rotations = axis_angle_to_matrix(pose.full_pose + body.pose_mean)  # [B, 55, 3, 3]
     joints, transforms = rigid_chain(rotations, rest.expand(batch, -1, -1), body.parents)
     table_device = table.vertex_joints.to(shaped.device)
     parts_ids = [table_device[None].expand(batch, -1, -1)]  # [B, 21, 3]

@@ -71,12 +71,12 @@ def render_motion(name: str, width: int, height: int, step: int, folder: Path, b
 def true_joints(body, identity, poses, frames: list[int]) -> np.ndarray:
     """The 22 body joints [T, 22, 3] of the true poses (camera frame)."""
     from data_prep.keypoints import landmark_table
-    from persona.body.lbs import batch_rodrigues
+    from persona.ops.rotations import axis_angle_to_matrix
 
     clip = PosedClip(body, landmark_table(body))
     full = poses.full_pose[frames]
     with torch.no_grad():
-        _, joints, _ = clip(batch_rodrigues(full[:, 0]), full[:, 1:22], poses.transl[frames],
+        _, joints, _ = clip(axis_angle_to_matrix(full[:, 0]), full[:, 1:22], poses.transl[frames],
                             identity.betas)
     return joints.double().numpy()
 

@@ -1,4 +1,5 @@
-"""Linear blend skinning: axis-angle to rotation, the rigid kinematic chain, skinning of points.
+"""Linear blend skinning: the rigid kinematic chain and skinning of points (axis-angle to
+rotation: persona.ops.rotations.axis_angle_to_matrix).
 
 Everything is batched, differentiable and device-agnostic. The maths follows SMPL/SMPL-X
 (Loper et al. 2015; Pavlakos et al. 2019); `tests/body/test_lbs.py` checks it against the
@@ -9,24 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-# Added under the square root of the squared rotation angle, so that the rotation of a zero
-# axis-angle vector is the identity and its gradient stays finite.
-ANGLE_EPSILON = 1e-16
-
-
-def batch_rodrigues(rot_vecs: Tensor) -> Tensor:
-    """Axis-angle vectors [..., 3] to rotation matrices [..., 3, 3] (Rodrigues' formula)."""
-    angle = torch.sqrt((rot_vecs * rot_vecs).sum(-1, keepdim=True) + ANGLE_EPSILON)  # [..., 1]
-    axis = rot_vecs / angle  # [..., 3]
-    cos = torch.cos(angle)[..., None]  # [..., 1, 1]
-    sin = torch.sin(angle)[..., None]  # [..., 1, 1]
-    rx, ry, rz = axis.unbind(-1)
-    zeros = torch.zeros_like(rx)
-    skew = torch.stack([zeros, -rz, ry, rz, zeros, -rx, -ry, rx, zeros], dim=-1)
-    skew = skew.reshape(*rot_vecs.shape[:-1], 3, 3)  # [..., 3, 3]
-    eye = torch.eye(3, dtype=rot_vecs.dtype, device=rot_vecs.device)
-    return eye + sin * skew + (1.0 - cos) * (skew @ skew)
 
 
 def make_transform(rotation: Tensor, translation: Tensor) -> Tensor:

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from persona.body.lbs import (
-    batch_rodrigues,
     blend_shapes,
     invert_rigid,
     rigid_chain,
     skin_points,
 )
 from persona.body.types import NUM_JOINTS, Identity, PoseParams, big_pose
+from persona.ops.rotations import axis_angle_to_matrix
 
 REGION_NAMES = ("left_hand", "right_hand", "hands", "face", "eyes", "mouth_interior")
 OFFICIAL_IDS = "official vertex ids"
@@ -158,7 +158,7 @@ class BodyModel(nn.Module):
             raise ValueError(f"full_pose: expected [B, 55, 3], got {list(full_pose.shape)}")
         if not torch.isfinite(full_pose).all():
             raise ValueError("full_pose: contains NaN or infinite values")
-        rotations = batch_rodrigues(full_pose + self.pose_mean)  # [B, 55, 3, 3]
+        rotations = axis_angle_to_matrix(full_pose + self.pose_mean)  # [B, 55, 3, 3]
         joints = self.rest_joints(identity).expand(full_pose.shape[0], -1, -1)  # [B, 55, 3]
         _, transforms = rigid_chain(rotations, joints, self.parents)
         return transforms
@@ -170,7 +170,7 @@ class BodyModel(nn.Module):
     def canonical(self, identity: Identity) -> Canonical:
         """The identity-shaped body in the big pose (the avatar's canonical space)."""
         pose = self.big_pose()[None]  # [1, 55, 3]
-        rotations = batch_rodrigues(pose + self.pose_mean)  # [1, 55, 3, 3]
+        rotations = axis_angle_to_matrix(pose + self.pose_mean)  # [1, 55, 3, 3]
         rest = self.rest_joints(identity)[None]  # [1, 55, 3]
         joints, transforms = rigid_chain(rotations, rest, self.parents)
         vertices = skin_points(self.shaped_vertices(identity), self.lbs_weights, transforms)

@@ -55,10 +55,11 @@ from data_prep.keypoints import (
     landmark_table,
     smplx_to_coco133,
 )
-from persona.body.lbs import batch_rodrigues, rigid_chain, skin_points
+from persona.body.lbs import rigid_chain, skin_points
 from persona.body.model import BodyModel
 from persona.body.types import NUM_BODY_JOINTS, NUM_JOINTS, SMPLX_JOINT_NAMES
 from persona.data.motions import UPRIGHT_IN_CAMERA
+from persona.ops.rotations import axis_angle_to_matrix
 from persona.render.projection import pinhole
 from persona.render.types import Camera
 
@@ -287,7 +288,7 @@ class PosedClip:
         frames = body_pose.shape[0]
         rest = self.joint_template + self.joint_dirs @ betas  # [22, 3]
         local = torch.cat([body_pose.new_zeros(frames, 1, 3), body_pose], 1) + self.pose_mean
-        joints, transforms = rigid_chain(batch_rodrigues(local), rest.expand(frames, -1, -1),
+        joints, transforms = rigid_chain(axis_angle_to_matrix(local), rest.expand(frames, -1, -1),
                                          self.parents)  # [T, 22, 3], [T, 22, 4, 4]
         vertices = self.vertex_template + self.vertex_dirs @ betas  # [3n, 3]
         skinned = skin_points(vertices, self.vertex_weights, transforms)  # [T, 3n, 3]
@@ -338,7 +339,7 @@ def fill_missing_frames(root_init: Tensor, delta: Tensor, body_pose: Tensor, tra
                         valid: np.ndarray) -> None:
     """In place: frames without landmarks get their root slerped and their body pose and
     translation linearly interpolated from the nearest fitted frames (held at the ends)."""
-    root = (root_init @ batch_rodrigues(delta)).double().numpy()  # [T, 3, 3]
+    root = (root_init @ axis_angle_to_matrix(delta)).double().numpy()  # [T, 3, 3]
     root_init.copy_(torch.from_numpy(interpolate_rotations(root, valid)).float())
     delta.zero_()
     body_pose.copy_(torch.from_numpy(interpolate_missing(body_pose.double().numpy(), valid)))
@@ -399,7 +400,7 @@ def fit_clip(body: BodyModel, keypoints: np.ndarray, world: np.ndarray, valid: n
 
         def objective(mask: Tensor, weight_3d: float
                       ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-            root = root_init @ batch_rodrigues(delta)  # [T, 3, 3]
+            root = root_init @ axis_angle_to_matrix(delta)  # [T, 3, 3]
             points, joints, pelvis = clip(root, body_pose, transl, betas)
             pixels, _ = pinhole(points, K, eye, zero, MIN_DEPTH)  # [T, 23, 2]
             w = weights * mask  # [T, 23]
@@ -450,7 +451,7 @@ def fit_clip(body: BodyModel, keypoints: np.ndarray, world: np.ndarray, valid: n
             if not valid.all():
                 fill_missing_frames(root_init, delta, body_pose, transl, valid)
             _, (points, joints, pixels) = objective(every_keypoint, settings.weights_3d[-1])
-            root = (root_init @ batch_rodrigues(delta)).double().numpy()
+            root = (root_init @ axis_angle_to_matrix(delta)).double().numpy()
             pelvis = clip.joint_template[0] + clip.joint_dirs[0] @ betas
             pelvis = pelvis.double().numpy()
 

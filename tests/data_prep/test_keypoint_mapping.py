@@ -25,10 +25,11 @@ from data_prep.keypoints import (
     with_hand_roots,
 )
 from data_prep.pose_draw import coco133_to_dwpose
-from persona.body.lbs import batch_rodrigues, rigid_chain
+from persona.body.lbs import rigid_chain
 from persona.body.loader import BodySpec, load_body
 from persona.body.model import DERIVED_FROM_WEIGHTS, REGION_NAMES, BodyModel
 from persona.body.types import SMPLX_PARENTS, Identity, PoseParams
+from persona.ops.rotations import axis_angle_to_matrix
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,7 @@ def test_procedural_landmarks_are_posed_joints_and_vertices(procedural):
     vertices = procedural(identity, pose)  # [3, V, 3]
     ids = table.vertex_joints[:, 0]
     torch.testing.assert_close(landmarks[:, 55:76], vertices[:, ids], atol=1e-6, rtol=0)
-    rotations = batch_rodrigues(pose.full_pose + procedural.pose_mean)
+    rotations = axis_angle_to_matrix(pose.full_pose + procedural.pose_mean)
     joints, _ = rigid_chain(rotations, procedural.rest_joints(identity).expand(3, -1, -1),
                             procedural.parents)
     torch.testing.assert_close(landmarks[:, :55], joints + pose.transl[:, None], atol=1e-6,

@@ -27,8 +27,8 @@ QUICK = TrackFitSettings(iterations=(60, 150, 100))  # fewer steps: short clips
 
 def test_fast_posing_matches_the_landmark_code(body) -> None:
     from data_prep.keypoints import landmark_table, posed_landmarks, smplx_to_coco133
-    from persona.body.lbs import batch_rodrigues
     from persona.body.types import Identity, PoseParams
+    from persona.ops.rotations import axis_angle_to_matrix
 
     generator = torch.Generator().manual_seed(0)
     full = 0.3 * torch.randn(3, 55, 3, generator=generator)
@@ -40,8 +40,8 @@ def test_fast_posing_matches_the_landmark_code(body) -> None:
                                 PoseParams(full, torch.zeros(3, body.num_expression), transl),
                                 table)
     coco, _ = smplx_to_coco133(landmarks, table.valid)
-    keypoints, joints, pelvis = PosedClip(body, table)(batch_rodrigues(full[:, 0]), full[:, 1:22],
-                                                       transl, betas)
+    keypoints, joints, pelvis = PosedClip(body, table)(axis_angle_to_matrix(full[:, 0]),
+                                                       full[:, 1:22], transl, betas)
     torch.testing.assert_close(keypoints, coco[:, :23], atol=1e-5, rtol=0)
     torch.testing.assert_close(joints, landmarks[:, :22], atol=1e-5, rtol=0)
     torch.testing.assert_close(pelvis, body.rest_joints(Identity(betas))[0], atol=1e-5, rtol=0)

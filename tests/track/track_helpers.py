@@ -37,8 +37,8 @@ def known_clip(body, motion: str = "punches", frames: int = 8, step: int = 3):
     """(camera-frame full poses [T, 55, 3], transl [T, 3], true keypoints [T, 23, 3], joints
     [T, 22, 3], betas) of a built-in motion placed before the virtual camera (4.5 m)."""
     from data_prep.keypoints import landmark_table
-    from persona.body.lbs import batch_rodrigues
     from persona.data.motions import make_builtin_motion, place_in_camera
+    from persona.ops.rotations import axis_angle_to_matrix
     from persona.track.fit import PosedClip
 
     motion_data = make_builtin_motion(motion)
@@ -49,7 +49,7 @@ def known_clip(body, motion: str = "punches", frames: int = 8, step: int = 3):
     clip = PosedClip(body, landmark_table(body))
     full = torch.from_numpy(poses).float()
     with torch.no_grad():
-        keypoints, joints, _ = clip(batch_rodrigues(full[:, 0]), full[:, 1:22],
+        keypoints, joints, _ = clip(axis_angle_to_matrix(full[:, 0]), full[:, 1:22],
                                     torch.from_numpy(transl).float(), betas)
     return poses, transl, keypoints.double().numpy(), joints.double().numpy(), betas
 

@@ -21,11 +21,10 @@ BODY_JOINTS = slice(1, 22)  # the 21 body joints (root excluded): what the pose 
 
 def pose_distance(full_pose: Tensor, reference: Tensor) -> float:
     """Mean geodesic angle (rad) over the 21 body joints. [55, 3], [55, 3] -> float."""
-    from persona.body.lbs import batch_rodrigues
-    from persona.ops.rotations import geodesic_angle
+    from persona.ops.rotations import axis_angle_to_matrix, geodesic_angle
 
-    a = batch_rodrigues(full_pose[BODY_JOINTS].double())  # [21, 3, 3]
-    b = batch_rodrigues(reference[BODY_JOINTS].double())
+    a = axis_angle_to_matrix(full_pose[BODY_JOINTS].double())  # [21, 3, 3]
+    b = axis_angle_to_matrix(reference[BODY_JOINTS].double())
     return float(geodesic_angle(a, b).mean())
 
 
