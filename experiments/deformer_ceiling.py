@@ -17,6 +17,10 @@ the test poses; the train_* sections on the training poses).
 subject) with probability S a step instead of a generated frame's, as the fits' balanced sampler
 does (configs/demo.yaml: 1:1, S = 0.5); default 0: generated frames only.
 
+`--ring-size R` replaces the run's deformer input mask before the fit (an integer: the joints
+within R tree steps of each Gaussian's dominant joint, the authors' 4; `full`: every body joint,
+the paper's full-pose ablation), so both inputs are compared with the truth as their teacher.
+
 `--input written`: the deformer sees the SMPL-X written for each generated frame (with the
 subject's simulated pose noise) while the target is the truth in the frame's true pose, as in a
 fit on that subject; `--input true` (default): the true pose. `--poses-per-step B` averages the
@@ -64,6 +68,16 @@ def reset_offsets(system: Any, seed: int) -> None:
         if zero_output:
             nn.init.zeros_(system.deformer.output_layer.weight)
             nn.init.zeros_(system.deformer.output_layer.bias)
+
+
+def set_ring_size(system: Any, ring_size: int | None) -> None:
+    """The deformer sees the body joints within ring_size tree steps (None: all of them)."""
+    from persona.avatar.deformer import body_pose_joint_mask
+
+    deformer = system.deformer
+    deformer.ring_size = ring_size
+    deformer.pose_joint_mask = body_pose_joint_mask(ring_size).to(
+        deformer.pose_joint_mask.device)
 
 
 def written_poses(loaded: Any, lengths: list[int]) -> list:
@@ -144,6 +158,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--input", choices=("true", "written"), default="true",
                         help="the deformer's pose input: the true pose or the written SMPL-X")
     parser.add_argument("--poses-per-step", type=int, default=1)
+    parser.add_argument("--ring-size", default=None,
+                        help="the deformer's pose input: an integer ring size or 'full' "
+                             "(default: the run's)")
     parser.add_argument("--input-share", type=float, default=0.0,
                         help="probability of drawing the input image's pose a step")
     parser.add_argument("--seed", type=int, default=0)
@@ -161,6 +178,11 @@ def main(argv: list[str]) -> int:
     system, config, body = loaded.system, loaded.config, loaded.body
     if system.deformer.mode == "off":
         raise SystemExit(f"{args.run_dir}: the run's deformer is off; load a run with a deformer")
+    if args.ring_size is not None:
+        if args.ring_size != "full" and not args.ring_size.isdigit():
+            parser.error(f"--ring-size: expected a non-negative integer or 'full', got "
+                         f"{args.ring_size!r}")
+        set_ring_size(system, None if args.ring_size == "full" else int(args.ring_size))
     truth_avatar = synth.build_avatar(body, loaded.identity, config)
     true_poses, lengths = D.true_training_poses(body, loaded.identity, config)
     with torch.no_grad():
@@ -187,6 +209,7 @@ def main(argv: list[str]) -> int:
                               "matching": method, "input": args.input,
                               "poses_per_step": args.poses_per_step, "seed": args.seed,
                               "input_share": args.input_share,
+                              "ring_size": system.deformer.ring_size,
                               "training_poses": count, "fits": []}
     for steps in args.steps:
         losses = fit(loaded, steps, input_poses, poses, targets, index, args.poses_per_step,

@@ -400,3 +400,16 @@ def test_ceiling_fit_learns_the_garment_from_3d_supervision(tmp_path: Path, monk
     assert fitted["train_garment/pose_part_correlation"] > 0.5
     with pytest.raises(SystemExit):  # a fit needs at least one step
         _load("deformer_ceiling").main([str(run), "--steps", "0"])
+    # --ring-size full: the deformer sees every body joint (the run's has the authors' 4 rings),
+    # so the same seed's 2-step fit lands elsewhere
+    landed = {}
+    for flags in ([], ["--ring-size", "full"]):
+        assert _load("deformer_ceiling").main([str(run), "--steps", "2", "--out", str(out),
+                                               *flags]) == 0
+        result = json.loads(out.read_text())
+        landed[bool(flags)] = (result["ring_size"],
+                               result["fits"][0]["train_garment/world_error_mm"])
+    assert landed[False][0] == 4 and landed[True][0] is None
+    assert landed[False][1] != pytest.approx(landed[True][1], abs=1e-6)
+    with pytest.raises(SystemExit):
+        _load("deformer_ceiling").main([str(run), "--steps", "2", "--ring-size", "ring"])
