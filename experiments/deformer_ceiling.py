@@ -227,13 +227,7 @@ def main(argv: list[str]) -> int:
             garment["world_error_mm"] / garment["world_zero_offset_error_mm"], 3)
         result["fits"].append(row)
         print(json.dumps(row), flush=True)
-    text = json.dumps(result, indent=1)
-    if args.out is not None:
-        from persona.atomic import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    print(text)
-    return 0
+    return diag.write_result(result, args.out)
 
 
 if __name__ == "__main__":

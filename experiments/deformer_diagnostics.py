@@ -228,6 +228,17 @@ def parse_run_and_poses(argv: list[str], description: str) -> argparse.Namespace
     return parser.parse_args(argv)
 
 
+def write_result(result: dict[str, Any], out: Path | None) -> int:
+    """Print the JSON; also write it to `out` (atomically) when given. Returns 0 (exit code)."""
+    text = json.dumps(result, indent=1)
+    if out is not None:
+        from persona.atomic import atomic_write_text
+
+        atomic_write_text(out, text + "\n")
+    print(text)
+    return 0
+
+
 # ---------------------------------------------------------------------------- the report
 def diagnose(run_dir: Path, subject: Path | None = None) -> dict[str, Any]:
     loaded = load_with_truth(run_dir, subject)  # every test and training pose

@@ -36,7 +36,6 @@ and sleeve sections' world_error_mm / world_static_only_error_mm / world_zero_of
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deformer_diagnostics import write_result  # noqa: E402
 from deformer_gradients import load_probe  # noqa: E402
 
 MASK_THRESHOLD = 0.5  # the own render's alpha above this is the target mask
@@ -280,17 +280,6 @@ def mean_mm_of(vectors: torch.Tensor) -> float:
     from persona.metrics.deformation import mean_mm
 
     return mean_mm(vectors.detach())
-
-
-def write_result(result: dict[str, Any], out: Path | None) -> int:
-    """Print the JSON; also write it to `out` (atomically) when given."""
-    text = json.dumps(result, indent=1)
-    if out is not None:
-        from persona.atomic import atomic_write_text
-
-        atomic_write_text(out, text)
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -116,14 +116,20 @@ def test_activity_separates_garment_from_the_rest() -> None:
     assert report["rest"]["scale_q90_mm"] == pytest.approx(5.0)
 
 
-def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def tiny_run(tmp_path: Path, *overrides: str) -> tuple[Path, Path]:
+    """(subject, run): the tiny synthetic subject (seed 4) and a 2-step fit of it."""
     subject = tmp_path / "subject"
     synthesize(subject, preset_config("tiny", seed=4))
     run = tmp_path / "run"
     assert persona_main(["fit", "--config", TINY, "--data.subject_dir", str(subject),
                          "--trainer.default_root_dir", str(run), "--trainer.max_steps", "2",
-                         "--trainer.limit_val_batches", "0"]) == 0
+                         "--trainer.limit_val_batches", "0", *overrides]) == 0
+    return subject, run
+
+
+def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    subject, run = tiny_run(tmp_path)
     with pytest.raises(FileNotFoundError):
         diag.resolve_run(subject)
     report = diag.diagnose(run)
@@ -376,14 +382,8 @@ def test_ceiling_fit_learns_the_garment_from_3d_supervision(tmp_path: Path, monk
     import json
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    subject = tmp_path / "subject"
-    synthesize(subject, preset_config("tiny", seed=4))
-    run = tmp_path / "run"
     # template skinning: the truth's own weights, so a true canonical offset lands on the truth
-    assert persona_main(["fit", "--config", TINY, "--data.subject_dir", str(subject),
-                         "--trainer.default_root_dir", str(run), "--trainer.max_steps", "2",
-                         "--trainer.limit_val_batches", "0",
-                         "--model.skinning.method", "template"]) == 0
+    _, run = tiny_run(tmp_path, "--model.skinning.method", "template")
     out = tmp_path / "ceiling.json"
     capsys.readouterr()
     assert _load("deformer_ceiling").main([str(run), "--steps", "1", "40", "--poses-per-step",
