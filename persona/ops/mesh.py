@@ -37,6 +37,30 @@ def mesh_edges(faces: Tensor, num_vertices: int) -> Tensor:
     return torch.stack([keys // num_vertices, keys % num_vertices], dim=1)
 
 
+def _padded_rows(rows: Tensor, cols: Tensor, values: Tensor, num_rows: int,
+                 width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries (rows, cols, values) [E] of a [num_rows, num_rows] matrix as padded rows, each
+    row's columns in increasing order: (cols [R, K] long, values [R, K], valid [R, K] bool) with
+    K = width (a longer row keeps its lowest columns) or, when None, the longest row. Padded
+    slots hold the row itself, value 0 and valid False."""
+    order = torch.argsort(rows * num_rows + cols)
+    rows, cols, values = rows[order], cols[order], values[order]
+    counts = torch.bincount(rows, minlength=num_rows)  # [R]
+    if width is None:
+        width = max(1, int(counts.max())) if rows.numel() else 1
+    rank = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0)
+                                                               - counts)[rows]
+    keep = rank < width
+    rows, rank = rows[keep], rank[keep]
+    index = torch.arange(num_rows, device=rows.device)[:, None].repeat(1, width)
+    padded = values.new_zeros(num_rows, width)
+    valid = torch.zeros(num_rows, width, dtype=torch.bool, device=rows.device)
+    index[rows, rank] = cols[keep]
+    padded[rows, rank] = values[keep]
+    valid[rows, rank] = True
+    return index, padded, valid
+
+
 def vertex_neighbours(faces: Tensor, num_vertices: int,
                       max_neighbours: int = 10) -> tuple[Tensor, Tensor]:
     """One-ring neighbours of every vertex, at most max_neighbours each (the lowest indices).
@@ -48,16 +72,9 @@ def vertex_neighbours(faces: Tensor, num_vertices: int,
         raise ValueError(f"max_neighbours: expected >= 1, got {max_neighbours}")
     edges = mesh_edges(faces, num_vertices)  # [E, 2]
     directed = torch.cat([edges, edges.flip(1)])  # [2E, 2]
-    order = torch.argsort(directed[:, 0] * num_vertices + directed[:, 1])
-    source, target = directed[order, 0], directed[order, 1]
-    counts = torch.bincount(source, minlength=num_vertices)  # [V]
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(source.shape[0], device=faces.device) - starts[source]
-    keep = rank < max_neighbours
-    index = torch.arange(num_vertices, device=faces.device)[:, None].repeat(1, max_neighbours)
-    valid = torch.zeros(num_vertices, max_neighbours, dtype=torch.bool, device=faces.device)
-    index[source[keep], rank[keep]] = target[keep]
-    valid[source[keep], rank[keep]] = True
+    index, _, valid = _padded_rows(directed[:, 0], directed[:, 1],
+                                   torch.ones(directed.shape[0], device=faces.device),
+                                   num_vertices, max_neighbours)
     return index, valid
 
 
@@ -110,9 +127,9 @@ class NeighbourLaplacian:
 
     def to(self, target: torch.device | str | torch.dtype) -> NeighbourLaplacian:
         """Moved to a device (every tensor) or cast to a floating dtype (the weights)."""
-        index = (lambda t: t) if isinstance(target, torch.dtype) else (lambda t: t.to(target))
-        return NeighbourLaplacian(index(self.neighbours), self.weights.to(target),
-                                  self.diagonal.to(target), index(self.transposed_neighbours),
+        move = (lambda t: t) if isinstance(target, torch.dtype) else (lambda t: t.to(target))
+        return NeighbourLaplacian(move(self.neighbours), self.weights.to(target),
+                                  self.diagonal.to(target), move(self.transposed_neighbours),
                                   self.transposed_weights.to(target))
 
     def to_dense(self) -> Tensor:
@@ -120,23 +137,6 @@ class NeighbourLaplacian:
         rows = torch.arange(self.shape[0], device=self.device)[:, None].expand_as(self.neighbours)
         return torch.diag(self.diagonal).index_put((rows, self.neighbours), -self.weights,
                                                    accumulate=True)
-
-
-def _padded_rows(rows: Tensor, cols: Tensor, values: Tensor, num_rows: int
-                 ) -> tuple[Tensor, Tensor]:
-    """Entries (rows, cols, values) [E] as padded rows: (cols [R, K] long, values [R, K]) with K
-    the longest row; padded slots hold the row itself and value 0."""
-    order = torch.argsort(rows * num_rows + cols)
-    rows, cols, values = rows[order], cols[order], values[order]
-    counts = torch.bincount(rows, minlength=num_rows)  # [R]
-    width = max(1, int(counts.max())) if rows.numel() else 1
-    rank = torch.arange(rows.shape[0], device=rows.device) - (torch.cumsum(counts, 0)
-                                                               - counts)[rows]
-    index = torch.arange(num_rows, device=rows.device)[:, None].repeat(1, width)
-    padded = values.new_zeros(num_rows, width)
-    index[rows, rank] = cols
-    padded[rows, rank] = values
-    return index, padded
 
 
 def neighbour_laplacian(faces: Tensor, num_vertices: int, max_neighbours: int = 10,
@@ -147,8 +147,8 @@ def neighbour_laplacian(faces: Tensor, num_vertices: int, max_neighbours: int = 
     counts = valid.sum(1)  # [V]
     weights = valid.to(dtype) / counts.clamp(min=1).to(dtype)[:, None]  # [V, K]
     rows = torch.arange(num_vertices, device=faces.device)[:, None].expand_as(index)[valid]
-    transposed, transposed_weights = _padded_rows(index[valid], rows, weights[valid],
-                                                  num_vertices)
+    transposed, transposed_weights, _ = _padded_rows(index[valid], rows, weights[valid],
+                                                     num_vertices)
     return NeighbourLaplacian(index, weights, (counts > 0).to(dtype), transposed,
                               transposed_weights)
 
