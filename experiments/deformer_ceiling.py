@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deformer_diagnostics as diag  # noqa: E402
@@ -52,22 +50,6 @@ import deformer_diagnostics as diag  # noqa: E402
 SECTIONS = ("garment", "skirt", "sleeves")
 KEYS = ("world_error_mm", "world_zero_offset_error_mm", "world_static_only_error_mm",
         "pose_part_correlation")
-
-
-def reset_offsets(system: Any, seed: int) -> None:
-    """Static offset to zero, the deformer re-initialised (its layers' own init, triplane 0)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        system.avatar.mean_offset.zero_()
-        for module in system.deformer.modules():
-            if isinstance(module, (nn.Linear, nn.GroupNorm)):
-                module.reset_parameters()
-        if hasattr(system.deformer, "triplane"):
-            system.deformer.triplane.planes.zero_()
-        zero_output = bool(getattr(system.deformer, "zero_init_output", False))
-        if zero_output:
-            nn.init.zeros_(system.deformer.output_layer.weight)
-            nn.init.zeros_(system.deformer.output_layer.bias)
 
 
 def set_ring_size(system: Any, ring_size: int | None) -> None:
@@ -98,7 +80,7 @@ def captured_pose(loaded: Any) -> Any:
     return found[0]
 
 
-def draw(count: int, input_share: float, generator: torch.Generator) -> int:
+def draw(count: int, input_share: float | None, generator: torch.Generator) -> int:
     """A pose index: the last (the input image's) with probability input_share, else one of the
     count - 1 generated frames' uniformly (every index uniformly when input_share is None)."""
     if input_share is None:
@@ -111,30 +93,30 @@ def draw(count: int, input_share: float, generator: torch.Generator) -> int:
 def fit(loaded: Any, steps: int, input_poses: list, true_poses: list, targets: torch.Tensor,
         index: torch.Tensor, poses_per_step: int, seed: int,
         input_share: float | None = None) -> list[float]:
-    """3D-supervised fit of the static offset and the deformer; returns the loss every 10 %.
-    true_poses, input_poses: poses (batch 1 each) the offsets are posed in / the deformer sees;
-    targets [len(true_poses), N, 3]; input_share: see draw (None: uniform over the poses)."""
+    """3D-supervised fit of the static offset and the deformer, from a fresh start (static 0,
+    the deformer re-drawn from `seed`) with the fit's own optimiser and lr schedule (every
+    group of the run; only these two get gradients); returns the loss at each tenth of the
+    steps. true_poses, input_poses: poses (batch 1 each) the offsets are posed in / the
+    deformer sees; targets [len(true_poses), N, 3]; input_share: see draw (None: uniform)."""
+    from persona import system_config
     from persona.avatar.posing import body_pose_6d
 
     system = loaded.system
-    optim = system.optim_cfg
-    reset_offsets(system, seed)
-    groups = [{"params": [system.avatar.mean_offset], "lr": optim.mean_offset}]
-    named = list(system.deformer.named_parameters())
-    groups += [{"params": [p for n, p in named if "triplane" in n], "lr": optim.triplane},
-               {"params": [p for n, p in named if "triplane" not in n], "lr": optim.mlp}]
-    groups = [g for g in groups if g["params"]]
-    adam = torch.optim.Adam(groups, eps=optim.adam_eps)
-    decay_step = max(1, math.floor(optim.decay_at * steps))  # as optimizer_and_schedule
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        system.avatar.mean_offset.zero_()
+    system.deformer.reset_parameters()
+    groups = system_config.optimizer_groups(system.avatar, system.deformer, system.frame_params,
+                                            system.optim_cfg)
+    optimiser = system_config.optimizer_and_schedule(groups, system.optim_cfg, steps)
+    adam, schedule = optimiser["optimizer"], optimiser["lr_scheduler"]["scheduler"]
     generator = torch.Generator().manual_seed(seed)
     canonical = system.template.canonical_vertices.detach()  # [N, 3]
     count = targets.shape[0]
+    record = {max(1, round(steps * tenth / 10)) for tenth in range(1, 11)}  # steps done
     losses = []
     system.train()
-    for step in range(steps):
-        if step == decay_step:
-            for group in adam.param_groups:
-                group["lr"] *= optim.decay_factor
+    for step in range(1, steps + 1):
         loss = canonical.new_zeros(())
         for _ in range(poses_per_step):
             t = draw(count, input_share, generator)
@@ -144,7 +126,8 @@ def fit(loaded: Any, steps: int, input_poses: list, true_poses: list, targets: t
         adam.zero_grad(set_to_none=True)
         loss.backward()
         adam.step()
-        if (step + 1) % max(1, steps // 10) == 0:
+        schedule.step()
+        if step in record:
             losses.append(round(float(loss), 8))
     system.eval()
     return losses
@@ -183,28 +166,27 @@ def main(argv: list[str]) -> int:
             parser.error(f"--ring-size: expected a non-negative integer or 'full', got "
                          f"{args.ring_size!r}")
         set_ring_size(system, None if args.ring_size == "full" else int(args.ring_size))
-    truth_avatar = synth.build_avatar(body, loaded.identity, config)
-    true_poses, lengths = D.true_training_poses(body, loaded.identity, config)
-    with torch.no_grad():
-        truth = synth.garment_offsets(body, truth_avatar, true_poses, config.garment)  # [K,N,3]
+    tests, _ = diag.test_poses(loaded.dm)
+    scoring = D.build_truth(loaded.subject, tests)  # every test and training pose
+    matched = D.match_system(system, scoring)
     index, method = D.match_gaussians(D.avatar_canonical(system).detach().float(),
-                                      truth_avatar.canonical)  # [N] avatar index per true one
-    count = int(true_poses.full_pose.shape[0])
-    poses = [synth.select(true_poses, t) for t in range(count)]
-    input_poses = written_poses(loaded, lengths) if args.input == "written" else list(poses)
-    targets = truth.float()  # [K, N, 3]
+                                      scoring.canonical)  # [N] avatar index per true Gaussian
+    poses = list(scoring.poses["train"])  # the true training poses, in order
+    count = len(poses)
+    targets = scoring.canonical.new_zeros(count, scoring.canonical.shape[0], 3)  # [K, N, 3]
+    targets[:, scoring.garment] = scoring.offsets["train"].float()  # 0 off the garment
+    input_poses = (written_poses(loaded, scoring.train_lengths) if args.input == "written"
+                   else list(poses))
     share = None
     if args.input_share > 0:
         captured = captured_pose(loaded)
         with torch.no_grad():
+            truth_avatar = synth.build_avatar(body, loaded.identity, config)
             captured_truth = synth.garment_offsets(body, truth_avatar, captured, config.garment)
         poses.append(captured)
         input_poses.append(captured)
         targets = torch.cat([targets, captured_truth.float()])  # [K + 1, N, 3]
         share = args.input_share
-    tests, _ = diag.test_poses(loaded.dm)
-    scoring = D.build_truth(loaded.subject, tests)
-    matched = D.match_system(system, scoring)
     result: dict[str, Any] = {"run": str(loaded.run), "subject": str(loaded.subject),
                               "matching": method, "input": args.input,
                               "poses_per_step": args.poses_per_step, "seed": args.seed,
@@ -215,7 +197,7 @@ def main(argv: list[str]) -> int:
         losses = fit(loaded, steps, input_poses, poses, targets, index, args.poses_per_step,
                      args.seed, share)
         report = D.deformation_report(system, scoring, matched)
-        row: dict[str, Any] = {"steps": steps, "loss_every_tenth": losses}
+        row: dict[str, Any] = {"steps": steps, "loss_at_tenths": losses}
         for section in SECTIONS:
             for prefix in ("", D.TRAIN_PREFIX):
                 values = report.get(f"{prefix}{section}", {})

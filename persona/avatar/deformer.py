@@ -123,6 +123,7 @@ class PoseDeformer(nn.Module):
         self.mode = mode
         self.ring_size = ring_size
         self.output_scale = output_scale
+        self.zero_init_output = zero_init_output
         self.register_buffer("pose_joint_mask", body_pose_joint_mask(ring_size), persistent=False)
         if mode == "off":
             return
@@ -138,9 +139,27 @@ class PoseDeformer(nn.Module):
                        nn.ReLU()]
         self.hidden_layers = nn.Sequential(*hidden)
         self.output_layer = nn.Linear(hidden_dim, self.out_features)
-        if zero_init_output:  # the deformer starts at zero offsets instead of a random field
-            nn.init.zeros_(self.output_layer.weight)
-            nn.init.zeros_(self.output_layer.bias)
+        if zero_init_output:
+            self._zero_output()
+
+    def _zero_output(self) -> None:
+        """The deformer starts at zero offsets instead of a random field (zero_init_output)."""
+        nn.init.zeros_(self.output_layer.weight)
+        nn.init.zeros_(self.output_layer.bias)
+
+    def reset_parameters(self) -> None:
+        """Every parameter back to its initial distribution, as a new deformer draws it (from
+        the global torch RNG): triplane planes 0, the linear and GroupNorm layers' own
+        reset_parameters, the output layer at 0 with zero_init_output. No-op in mode off."""
+        if self.mode == "off":
+            return
+        with torch.no_grad():
+            self.triplane.planes.zero_()
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.GroupNorm)):
+                    module.reset_parameters()
+            if self.zero_init_output:
+                self._zero_output()
 
     @property
     def out_features(self) -> int:

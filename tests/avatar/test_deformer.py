@@ -222,3 +222,34 @@ def test_zero_init_output_starts_at_zero_and_still_learns() -> None:
         loss.backward()
         optimiser.step()
     assert float(loss) < 0.2 * 0.01 * 0.7  # below a fifth of the start (mean |target| = 0.007)
+
+
+def test_reset_parameters_draws_a_fresh_deformer() -> None:
+    """After training, reset_parameters puts every parameter back to its initial distribution:
+    the triplane at 0, GroupNorm at (1, 0), the zero-initialised output at 0, the linear layers
+    redrawn (seeded: two resets from the same seed are equal) and away from the trained values."""
+    positions, dominant, pose, zero = _inputs(50)
+    for zero_output in (False, True):
+        deformer = PoseDeformer(triplane_resolution=16, zero_init_output=zero_output)
+        optimiser = torch.optim.Adam(deformer.parameters(), lr=1e-2)
+        for _ in range(3):
+            loss = (deformer(positions, dominant, pose, zero).mean_offset - 0.01).abs().mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        trained = {n: p.detach().clone() for n, p in deformer.named_parameters()}
+        assert float(deformer.triplane.planes.abs().max()) > 0  # training moved them
+        torch.manual_seed(5)
+        deformer.reset_parameters()
+        first = {n: p.detach().clone() for n, p in deformer.named_parameters()}
+        torch.manual_seed(5)
+        deformer.reset_parameters()
+        for name, value in deformer.named_parameters():
+            assert torch.equal(value, first[name]), name
+        assert float(deformer.triplane.planes.abs().max()) == 0.0
+        assert torch.equal(deformer.input_norm.weight, torch.ones_like(deformer.input_norm.weight))
+        assert float(deformer.input_norm.bias.abs().max()) == 0.0
+        assert not torch.equal(deformer.input_layer.weight, trained["input_layer.weight"])
+        output = deformer(positions, dominant, pose, zero).mean_offset
+        assert (float(output.abs().max()) == 0.0) == zero_output
+    PoseDeformer(mode="off").reset_parameters()  # nothing to reset
