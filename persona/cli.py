@@ -11,10 +11,29 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Mapping
 
-# torch's OpenMP threads spin-wait by default; on a shared 2-core machine that made a render
-# 10x slower (docs/RENDERING.md). It must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's OpenMP worker threads (libgomp) wait for work between parallel regions. Measured on
+# this 2-core CPU (docs/RENDERING.md, "Threads"): sleeping at once (PASSIVE) costs ~30 % of a
+# demo training step on a quiet machine; libgomp's own default (spin ~3 ms) made a render 10x
+# slower while other processes loaded the cores; a short spin takes the first without the
+# second's collapse. A user who sets either variable keeps their choice.
+OPENMP_USER_CHOICE = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+OPENMP_DEFAULTS = {
+    "GOMP_SPINCOUNT": "1000",  # spin iterations (~10 us) before a waiting thread sleeps
+    "OMP_WAIT_POLICY": "PASSIVE",  # and no spin at all with more threads than free CPUs
+}
+
+
+def openmp_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The OpenMP settings to add to `environ`: OPENMP_DEFAULTS, or nothing when the user set
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT. Read by libgomp when torch loads: apply before that."""
+    if any(name in environ for name in OPENMP_USER_CHOICE):
+        return {}
+    return dict(OPENMP_DEFAULTS)
+
+
+os.environ.update(openmp_environment(os.environ))
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 

@@ -65,8 +65,10 @@ from __future__ import annotations
 
 import os
 
-# as persona/cli.py (what `persona fit` runs under): passive OpenMP waits, before torch loads
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from persona.cli import openmp_environment
+
+# what `persona fit` runs under (persona/cli.py): its OpenMP wait settings, before torch loads
+os.environ.update(openmp_environment(os.environ))
 # silences the profiler's (kineto's) start/stop and "no GPU" lines on stderr (99: above every
 # kineto log level)
 os.environ.setdefault("KINETO_LOG_LEVEL", "99")
@@ -538,6 +540,7 @@ def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
         "interop_threads": torch.get_num_interop_threads(),
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "deterministic_algorithms": run_deterministic,
         "config": str(DEMO_CONFIG.relative_to(REPO)), "subject": str(subject),
         "overrides": {key: value for key, value in overrides},
