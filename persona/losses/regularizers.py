@@ -135,13 +135,16 @@ def mean_laplacian_loss(
     hand_boundary_factor: float = 10.0,  # factor on hands and the expression boundary
     relative_everywhere: bool = False,  # (L x - L template)^2 on every vertex
     template_share: float = 1.0,  # share of the template's own L kept in the absolute residual
+    template_targets: Tensor | None = None,  # [N, 3] L @ template_vertices when precomputed
 ) -> Tensor:
     """The authors' ``lap_mean`` on the BASE canonical means (template + mean offset), without
     the global 1e5 x 10: (L x)^2 x region factors, with (L x - L template)^2 on hands, eyes and
     face_expr; with relative_everywhere (our earlier default, `lap_mean_relative`), the
     template-relative form on every vertex (= (L offset)^2: it smooths the offsets instead of
-    flattening the body). means [N, 3] or [B, N, 3]; template_vertices [N, 3]."""
-    reference = apply_laplacian(laplacian, template_vertices.to(means.dtype))  # [N, 3]
+    flattening the body). means [N, 3] or [B, N, 3]; template_vertices [N, 3]; template_targets
+    (the template's AvatarTemplate.template_laplacian_targets) saves recomputing L @ template."""
+    reference = (apply_laplacian(laplacian, template_vertices.to(means.dtype))
+                 if template_targets is None else template_targets.to(means.dtype))  # [N, 3]
     factors = laplacian_region_factors(region_masks, face_eye_factor, hand_boundary_factor)
     relative = (torch.ones_like(factors, dtype=torch.bool) if relative_everywhere
                 else template_relative_mask(region_masks))

@@ -235,10 +235,12 @@ def regulariser_terms(state: AvatarState, template: AvatarTemplate, log_scale: T
     candidates = {
         "lap_mean": lambda: reg.mean_laplacian_loss(
             state.canonical_refined, t.canonical_vertices, t.laplacian, masks,
-            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative, template_share),
+            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative, template_share,
+            t.template_laplacian_targets),
         "lap_mean_base": lambda: reg.mean_laplacian_loss(
             state.canonical_base, t.canonical_vertices, t.laplacian, masks,
-            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative, template_share),
+            lw.lap_face_eye_factor, lw.lap_hand_boundary_factor, relative, template_share,
+            t.template_laplacian_targets),
         "lap_mean_posed": lambda: reg.posed_laplacian_loss(
             state.means["refined"], t.laplacian, masks,
             reference=state.means["base"].detach() if relative or template_share < 1 else None,

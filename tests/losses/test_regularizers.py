@@ -163,6 +163,31 @@ def test_mean_laplacian_absolute_by_default_relative_as_switch() -> None:
     assert float(absolute) > 1e-4 and float(relative) < 1e-20
 
 
+def test_mean_laplacian_precomputed_template_targets_are_the_same_loss() -> None:
+    """The template's cached L @ template (AvatarTemplate.template_laplacian_targets) gives the
+    loss and gradient of recomputing it; a wrong cache (another template's) changes the loss."""
+    vertices, faces = _grid()
+    laplacian = uniform_laplacian(faces, 25, dtype=torch.float64)
+    regions = _regions(25)
+    curved = vertices.clone()
+    curved[:, 2] = 0.1 * (vertices[:, 0] - 2) ** 2
+    torch.manual_seed(0)
+    means = (curved + 0.01 * torch.randn_like(curved)).requires_grad_(True)
+    targets = apply_laplacian(laplacian, curved)
+    for relative in (False, True):
+        plain = mean_laplacian_loss(means, curved, laplacian, regions, relative_everywhere=relative)
+        cached = mean_laplacian_loss(means, curved, laplacian, regions,
+                                     relative_everywhere=relative, template_targets=targets)
+        g_plain, = torch.autograd.grad(plain, means)
+        g_cached, = torch.autograd.grad(cached, means)
+        torch.testing.assert_close(cached, plain, rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(g_cached, g_plain, rtol=1e-12, atol=0.0)
+    wrong = mean_laplacian_loss(means, curved, laplacian, regions, relative_everywhere=True,
+                                template_targets=apply_laplacian(laplacian, vertices))
+    assert abs(float(wrong) - float(mean_laplacian_loss(
+        means, curved, laplacian, regions, relative_everywhere=True))) > 1e-8
+
+
 def test_level_factor_and_scaled_weights() -> None:
     assert laplacian_level_factor(0.004, 0.002, 4.0) == pytest.approx(1 / 16)
     assert laplacian_level_factor(0.001, 0.002, 3.0) == pytest.approx(8.0)
