@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 
 
@@ -24,6 +25,10 @@ def report() -> list[tuple[str, str]]:
         rows.append((module, _version(module)))
     rows.append(("cuda", torch.cuda.get_device_name(0) if torch.cuda.is_available()
                  else "not available: CPU renderer only, gsplat tests skipped"))
+    waits = ", ".join(f"{name}={os.environ.get(name, 'unset')}"
+                      for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+    rows.append(("cpu threads", f"{torch.get_num_threads()} torch threads; OpenMP waits: {waits} "
+                 "(docs/RENDERING.md, 'Threads')"))
     try:
         from persona.body.loader import describe_bodies
 
