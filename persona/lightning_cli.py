@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -35,6 +36,10 @@ from persona.system import PersonaSystem
 PROG = "persona"  # the name in usage lines and `tip: ... --help`
 # ckpt_path values Lightning resolves itself (not files); "registry:..." too
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+# With deterministic algorithms on, torch also fills every new tensor with NaN / the largest
+# integer (a check for reads of uninitialised memory, not needed for reproducible results);
+# off: ~5 % of a demo training step on this CPU, the same numbers (docs/RENDERING.md)
+FILL_UNINITIALIZED_MEMORY = False
 # subcommand -> what its --ckpt_path must hold (fit resumes: optimiser and loop state too)
 CKPT_KEYS: dict[str, Sequence[str]] = {"fit": RESUME_CHECKPOINT_KEYS,
                                        "validate": EVAL_CHECKPOINT_KEYS,
@@ -146,8 +151,11 @@ class PersonaCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Default loggers and checkpoint folder live under `trainer.default_root_dir` (RUN):
         `logger: true` becomes W&B (offline unless WANDB_MODE=online) + CSV in RUN, and a
-        ModelCheckpoint without dirpath writes to RUN/checkpoints."""
+        ModelCheckpoint without dirpath writes to RUN/checkpoints. With trainer.deterministic,
+        torch's filling of every new tensor (FILL_UNINITIALIZED_MEMORY) is set off."""
         trainer = super().instantiate_trainer(**kwargs)
+        if torch.are_deterministic_algorithms_enabled():  # trainer.deterministic: true
+            torch.utils.deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
         root = Path(trainer.default_root_dir)
         for callback in trainer.callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:

@@ -266,3 +266,34 @@ def test_seed_everything_also_seeds_the_sampling_order(tmp_path: Path):
     with pytest.raises(SystemExit):
         run_lightning_cli(["--config", TINY, "--data.subject_dir", str(subject),
                            "--data.seed", "3"], run=False)
+
+
+def test_deterministic_fits_skip_the_memory_fill_and_stay_bitwise_reproducible(tmp_path: Path):
+    """trainer.deterministic: torch's NaN-filling of new tensors is set off
+    (FILL_UNINITIALIZED_MEMORY), and two fits of the same config still end with identical
+    weights (an op reading uninitialised memory would make them differ)."""
+    from persona.lightning_cli import FILL_UNINITIALIZED_MEMORY
+
+    subject = tmp_path / "subject"
+    synthesize(subject, preset_config("tiny", seed=2))
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    weights = []
+    try:
+        for name in ("a", "b"):
+            torch.utils.deterministic.fill_uninitialized_memory = True
+            run = tmp_path / name
+            assert main(["fit", "--config", TINY, "--data.subject_dir", str(subject),
+                         "--trainer.default_root_dir", str(run), "--trainer.max_steps", "3",
+                         "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
+                         "--trainer.deterministic", "true"]) == 0
+            assert torch.utils.deterministic.fill_uninitialized_memory is FILL_UNINITIALIZED_MEMORY
+            state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                               weights_only=False)["state_dict"]
+            weights.append(state)
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert float(weights[0]["avatar.mean_offset"].abs().max()) > 0  # the fit moved them
