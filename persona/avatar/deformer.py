@@ -93,6 +93,23 @@ def body_pose_joint_mask(ring_size: int | None) -> Tensor:
     return rings[:, 1:1 + NUM_BODY_JOINTS].clone()
 
 
+class RowGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm of rows [M, C] (each row a sample, no spatial dims) as a layer norm over
+    each group's C / G channels, then the per-channel affine: the same function, parameters and
+    state-dict keys, ~2.8x faster forward + backward on the CPU at [13718, 128], G = 4 (torch's
+    group_norm kernel handles one value per channel and sample poorly). Other shapes: GroupNorm's
+    own forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2:
+            return super().forward(x)
+        rows, channels = x.shape  # [M, C]
+        per_group = channels // self.num_groups
+        normed = F.layer_norm(x.reshape(rows, self.num_groups, per_group), (per_group,),
+                              eps=self.eps).reshape(rows, channels)  # [M, C]
+        return torch.addcmul(self.bias, normed, self.weight) if self.affine else normed
+
+
 class PoseDeformer(nn.Module):
     """Triplane + MLP pose-driven offsets (METHOD.md section 3)."""
 
@@ -132,10 +149,10 @@ class PoseDeformer(nn.Module):
                                  padding_mode=triplane_padding_mode)
         pose_features = NUM_BODY_JOINTS * ROTATION_6D_SIZE
         self.input_layer = nn.Linear(self.triplane.out_features + pose_features, hidden_dim)
-        self.input_norm = nn.GroupNorm(norm_groups, hidden_dim)
+        self.input_norm = RowGroupNorm(norm_groups, hidden_dim)
         hidden: list[nn.Module] = []
         for _ in range(num_hidden_layers - 1):
-            hidden += [nn.Linear(hidden_dim, hidden_dim), nn.GroupNorm(norm_groups, hidden_dim),
+            hidden += [nn.Linear(hidden_dim, hidden_dim), RowGroupNorm(norm_groups, hidden_dim),
                        nn.ReLU()]
         self.hidden_layers = nn.Sequential(*hidden)
         self.output_layer = nn.Linear(hidden_dim, self.out_features)

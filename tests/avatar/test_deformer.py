@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from persona.avatar.deformer import PoseDeformer, Triplane, body_pose_joint_mask
+from persona.avatar.deformer import PoseDeformer, RowGroupNorm, Triplane, body_pose_joint_mask
 from persona.body.types import SMPLX_JOINT_NAMES, SMPLX_PARENTS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
@@ -253,3 +253,31 @@ def test_reset_parameters_draws_a_fresh_deformer() -> None:
         output = deformer(positions, dominant, pose, zero).mean_offset
         assert (float(output.abs().max()) == 0.0) == zero_output
     PoseDeformer(mode="off").reset_parameters()  # nothing to reset
+
+
+def test_row_group_norm_is_group_norm_in_float64() -> None:
+    """RowGroupNorm (layer norm per group + affine) against torch's group_norm: values and the
+    gradients of input, weight and bias, with and without the affine; a 3-D input goes through
+    GroupNorm's own forward; the state dict is GroupNorm's."""
+    generator = torch.Generator().manual_seed(5)
+    for affine in (True, False):
+        norm = RowGroupNorm(4, 16, affine=affine).double()
+        if affine:
+            with torch.no_grad():
+                norm.weight.copy_(torch.rand(16, generator=generator, dtype=torch.float64) + 0.5)
+                norm.bias.copy_(torch.randn(16, generator=generator, dtype=torch.float64))
+        x = (torch.randn(37, 16, generator=generator, dtype=torch.float64) * 3 + 1
+             ).requires_grad_(True)
+        upstream = torch.randn(37, 16, generator=generator, dtype=torch.float64)
+        params = [x] + ([norm.weight, norm.bias] if affine else [])
+        got = norm(x)
+        want = torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for g, w in zip(torch.autograd.grad(got, params, upstream),
+                        torch.autograd.grad(want, params, upstream), strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    spatial = torch.randn(2, 16, 5, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(norm(spatial), torch.nn.functional.group_norm(spatial, 4,
+                                                                             eps=norm.eps))
+    assert set(RowGroupNorm(4, 16).state_dict()) == set(torch.nn.GroupNorm(4, 16).state_dict())
+
