@@ -516,8 +516,9 @@ def write_json(path: Path, document: dict) -> None:
 
 def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
               profile_steps: int, overrides: Sequence[tuple[str, str]] = ()) -> dict:
-    """The whole document; torch's deterministic flag is restored afterwards."""
+    """The whole document; torch's deterministic flags are restored afterwards."""
     deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     load_before = os.getloadavg()
     reference_before = reference_seconds()
@@ -530,8 +531,10 @@ def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
                 k: round(v["step_median_s"], 3) for k, v in results[-1]["kinds"].items()}}),
                 file=sys.stderr, flush=True)
         run_deterministic = torch.are_deterministic_algorithms_enabled()
+        run_fill = torch.utils.deterministic.fill_uninitialized_memory
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
         if cublas is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     reference_after = reference_seconds()
@@ -542,6 +545,7 @@ def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "deterministic_algorithms": run_deterministic,
+        "fill_uninitialized_memory": run_fill,
         "config": str(DEMO_CONFIG.relative_to(REPO)), "subject": str(subject),
         "overrides": {key: value for key, value in overrides},
         "warmup": warmup, "steps": steps, "profile_steps": profile_steps,

@@ -126,6 +126,10 @@ def test_smoke_reports_setup_and_both_levels(smoke) -> None:
     assert doc["torch"] == torch.__version__ and doc["threads"] >= 1
     demo = yaml.safe_load(bench.DEMO_CONFIG.read_text())
     assert doc["deterministic_algorithms"] is bool(demo["trainer"].get("deterministic", False))
+    if doc["deterministic_algorithms"]:  # the fit's setting (persona/lightning_cli.py)
+        from persona.lightning_cli import FILL_UNINITIALIZED_MEMORY
+
+        assert doc["fill_uninitialized_memory"] is FILL_UNINITIALIZED_MEMORY
     assert doc["reference"]["before_s"] > 0 and doc["reference"]["after_s"] > 0
     assert doc["overrides"] == dict([SMOKE_OVERRIDE])
     levels = doc["levels"]
