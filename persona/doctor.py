@@ -25,8 +25,9 @@ def report() -> list[tuple[str, str]]:
         rows.append((module, _version(module)))
     rows.append(("cuda", torch.cuda.get_device_name(0) if torch.cuda.is_available()
                  else "not available: CPU renderer only, gsplat tests skipped"))
-    waits = ", ".join(f"{name}={os.environ.get(name, 'unset')}"
-                      for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))
+    from persona.cli import OPENMP_USER_CHOICE
+
+    waits = ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in OPENMP_USER_CHOICE)
     rows.append(("cpu threads", f"{torch.get_num_threads()} torch threads; OpenMP waits: {waits} "
                  "(docs/RENDERING.md, 'Threads')"))
     try:
