@@ -14,12 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from persona.body.lbs import (
+    KinematicChain,
     blend_shapes,
     invert_rigid,
     rigid_chain,
     skin_points,
 )
-from persona.body.types import NUM_JOINTS, Identity, PoseParams, big_pose
+from persona.body.types import NUM_JOINTS, Identity, PoseParams, big_pose, check_finite
 from persona.ops.rotations import axis_angle_to_matrix
 
 REGION_NAMES = ("left_hand", "right_hand", "hands", "face", "eyes", "mouth_interior")
@@ -57,6 +58,12 @@ class BodyModel(nn.Module):
         self.register_buffer("exprdirs", exprdirs.float())
         self.register_buffer("J_regressor", J_regressor.float())
         self.register_buffer("pose_mean", pose_mean.float().reshape(NUM_JOINTS, 3))
+        self.register_buffer("big_pose_buffer", big_pose(), persistent=False)  # [55, 3]
+        self.parent_list = tuple(self.parents.tolist())  # [55] on the host
+        chain = KinematicChain.from_parents(self.parent_list)
+        self.chain_bounds = chain.bounds
+        for field in ("order", "inverse", "parent_local", "parent"):
+            self.register_buffer(f"chain_{field}", getattr(chain, field), persistent=False)
         missing = [k for k in REGION_NAMES if k not in region_masks]
         if missing:
             raise ValueError(f"region_masks: missing {missing}")
@@ -98,6 +105,12 @@ class BodyModel(nn.Module):
         return self.exprdirs.shape[-1]
 
     @property
+    def kinematic_chain(self) -> KinematicChain:
+        """The kinematic tree by depth, on this body's device (persona.body.lbs.rigid_chain)."""
+        return KinematicChain(self.chain_order, self.chain_inverse, self.chain_parent_local,
+                              self.chain_parent, self.chain_bounds)
+
+    @property
     def region_masks(self) -> dict[str, Tensor]:
         """{left_hand, right_hand, hands, face, eyes, mouth_interior}: [V] bool each."""
         return {k: getattr(self, f"region_mask_{k}") for k in self.region_mask_names}
@@ -115,10 +128,8 @@ class BodyModel(nn.Module):
         if identity.joint_offset is not None and identity.joint_offset.shape != (NUM_JOINTS, 3):
             raise ValueError(f"identity.joint_offset: expected [55, 3], got "
                              f"{list(identity.joint_offset.shape)}")
-        for field in ("betas", "face_offset", "joint_offset"):
-            value = getattr(identity, field)
-            if value is not None and not torch.isfinite(value).all():
-                raise ValueError(f"identity.{field}: contains NaN or infinite values")
+        check_finite({field: getattr(identity, field)
+                      for field in ("betas", "face_offset", "joint_offset")}, "identity")
 
     def check_pose(self, pose: PoseParams) -> None:
         pose.validate()
@@ -156,32 +167,37 @@ class BodyModel(nn.Module):
         """full_pose [B, 55, 3] axis-angle -> [B, 55, 4, 4] zero pose -> pose (no translation)."""
         if full_pose.ndim != 3 or full_pose.shape[1:] != (NUM_JOINTS, 3):
             raise ValueError(f"full_pose: expected [B, 55, 3], got {list(full_pose.shape)}")
-        if not torch.isfinite(full_pose).all():
-            raise ValueError("full_pose: contains NaN or infinite values")
+        check_finite({"full_pose": full_pose}, "joint_transforms")
+        return self.chain_transforms(self.rest_joints(identity), full_pose)
+
+    def chain_transforms(self, rest_joints: Tensor, full_pose: Tensor) -> Tensor:
+        """rest_joints [55, 3], full_pose [B, 55, 3] (checked by the caller) -> [B, 55, 4, 4]."""
         rotations = axis_angle_to_matrix(full_pose + self.pose_mean)  # [B, 55, 3, 3]
-        joints = self.rest_joints(identity).expand(full_pose.shape[0], -1, -1)  # [B, 55, 3]
-        _, transforms = rigid_chain(rotations, joints, self.parents)
+        joints = rest_joints.expand(full_pose.shape[0], -1, -1)  # [B, 55, 3]
+        _, transforms = rigid_chain(rotations, joints, self.parents, self.kinematic_chain)
         return transforms
 
     def big_pose(self) -> Tensor:
         """The canonical big pose [55, 3] on this body's device."""
-        return big_pose().to(self.v_template.device)
+        return self.big_pose_buffer.clone()
 
     def canonical(self, identity: Identity) -> Canonical:
         """The identity-shaped body in the big pose (the avatar's canonical space)."""
-        pose = self.big_pose()[None]  # [1, 55, 3]
+        pose = self.big_pose_buffer[None]  # [1, 55, 3]
         rotations = axis_angle_to_matrix(pose + self.pose_mean)  # [1, 55, 3, 3]
         rest = self.rest_joints(identity)[None]  # [1, 55, 3]
-        joints, transforms = rigid_chain(rotations, rest, self.parents)
+        joints, transforms = rigid_chain(rotations, rest, self.parents, self.kinematic_chain)
         vertices = skin_points(self.shaped_vertices(identity), self.lbs_weights, transforms)
         return Canonical(vertices[0], joints[0], transforms[0])
 
     def transforms_from_canonical(self, identity: Identity, pose: PoseParams) -> Tensor:
-        """[B, 55, 4, 4] mapping big-pose points to posed world points (transl included)."""
+        """[B, 55, 4, 4] mapping big-pose points to posed world points (transl included). The
+        pose and the big pose go through the chain as one batch [B + 1]."""
         self.check_pose(pose)
-        posed = self.joint_transforms(identity, pose.full_pose)  # [B, 55, 4, 4]
-        big = self.joint_transforms(identity, self.big_pose()[None])  # [1, 55, 4, 4]
-        transforms = posed @ invert_rigid(big)
+        full_pose = pose.full_pose
+        both = torch.cat([full_pose, self.big_pose_buffer.to(full_pose.dtype)[None]])
+        chained = self.chain_transforms(self.rest_joints(identity), both)  # [B + 1, 55, 4, 4]
+        transforms = chained[:-1] @ invert_rigid(chained[-1:])
         translation = torch.zeros_like(transforms)
         translation[..., :3, 3] = pose.transl[:, None, :]
         return transforms + translation

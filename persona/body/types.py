@@ -79,9 +79,21 @@ class PoseParams:
             raise ValueError(f"{where}.expression: expected shape [B, E], got {list(ex.shape)}")
         if tr.shape != (fp.shape[0], 3):
             raise ValueError(f"{where}.transl: expected shape [B, 3], got {list(tr.shape)}")
-        for name, t in (("full_pose", fp), ("expression", ex), ("transl", tr)):
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{where}.{name}: contains NaN or infinite values")
+        check_finite({"full_pose": fp, "expression": ex, "transl": tr}, where)
+
+
+def check_finite(fields: dict[str, Tensor | None], where: str) -> None:
+    """ValueError naming the first field (`where.name`) holding a NaN or infinite value; None
+    fields are skipped. One host synchronisation for all fields (a GPU step waits once)."""
+    present = [(name, value) for name, value in fields.items() if value is not None]
+    if not present:
+        return
+    finite = torch.stack([torch.isfinite(value).all() for _, value in present])
+    if bool(finite.all()):
+        return
+    for (name, _), ok in zip(present, finite.tolist(), strict=True):
+        if not ok:
+            raise ValueError(f"{where}.{name}: contains NaN or infinite values")
 
 
 def big_pose(dtype: torch.dtype = torch.float32) -> Tensor:

@@ -55,7 +55,7 @@ from data_prep.keypoints import (
     landmark_table,
     smplx_to_coco133,
 )
-from persona.body.lbs import rigid_chain, skin_points
+from persona.body.lbs import KinematicChain, rigid_chain, skin_points
 from persona.body.model import BodyModel
 from persona.body.types import NUM_BODY_JOINTS, NUM_JOINTS, SMPLX_JOINT_NAMES
 from persona.data.motions import UPRIGHT_IN_CAMERA
@@ -259,6 +259,7 @@ class PosedClip:
         parents = body.parents.cpu().tolist()
         count = NUM_EVAL_JOINTS
         self.parents = torch.tensor(parents[:count])
+        self.chain = KinematicChain.from_parents(parents[:count], device=body.v_template.device)
         with torch.no_grad():
             regressor = body.J_regressor.double()  # [55, V]
             self.joint_template = (regressor @ body.v_template.double())[:count].float()  # [22,3]
@@ -289,7 +290,7 @@ class PosedClip:
         rest = self.joint_template + self.joint_dirs @ betas  # [22, 3]
         local = torch.cat([body_pose.new_zeros(frames, 1, 3), body_pose], 1) + self.pose_mean
         joints, transforms = rigid_chain(axis_angle_to_matrix(local), rest.expand(frames, -1, -1),
-                                         self.parents)  # [T, 22, 3], [T, 22, 4, 4]
+                                         self.parents, self.chain)  # [T, 22, 3], [T, 22, 4, 4]
         vertices = self.vertex_template + self.vertex_dirs @ betas  # [3n, 3]
         skinned = skin_points(vertices, self.vertex_weights, transforms)  # [T, 3n, 3]
         vertex_points = (skinned.reshape(frames, -1, 3, 3) * self.bary[..., None]).sum(2)

@@ -1,9 +1,12 @@
+import pytest
 import torch
 
 from persona.body.lbs import (
+    KinematicChain,
     invert_rigid,
     make_transform,
     rigid_chain,
+    rigid_chain_reference,
     skin_points,
 )
 from persona.body.reference import compare_with_smplx, smplx_vertices, zero_pose_correctives
@@ -24,6 +27,57 @@ def test_rigid_chain_two_joints_known_answer():
     weights = torch.tensor([[0.0, 1.0]])
     assert torch.allclose(skin_points(point, weights, relative)[0, 0],
                           torch.tensor([-1.0, 1.0, 0.0]), atol=1e-6)
+
+
+def _random_chain_inputs(parents: list[int], batch: int, seed: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    count = len(parents)
+    rotations = axis_angle_to_matrix(torch.randn(batch, count, 3, generator=generator,
+                                                 dtype=torch.float64))
+    joints = torch.randn(batch, count, 3, generator=generator, dtype=torch.float64)
+    return rotations.requires_grad_(True), joints.requires_grad_(True)
+
+
+@pytest.mark.parametrize("parents", [list(SMPLX_PARENTS), [-1, 0, 1, 0, 3, 1, 5, 2, 0, 8]])
+def test_rigid_chain_by_depth_equals_the_joint_by_joint_reference(parents):
+    """float64: values and gradients of both outputs agree to round-off on SMPL-X's tree and on
+    a tree whose depths interleave in index order."""
+    rotations, joints = _random_chain_inputs(parents, batch=3, seed=len(parents))
+    fast = rigid_chain(rotations, joints, torch.tensor(parents))
+    reference = rigid_chain_reference(rotations, joints, parents)
+    weights = [torch.randn(out.shape, dtype=torch.float64) for out in reference]
+    grads = []
+    for outputs in (fast, reference):
+        assert [out.shape for out in outputs] == [(3, len(parents), 3), (3, len(parents), 4, 4)]
+        loss = sum((out * w).sum() for out, w in zip(outputs, weights, strict=True))
+        grads.append(torch.autograd.grad(loss, (rotations, joints)))
+    for ours, theirs in zip(fast, reference, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-12)
+    for ours, theirs in zip(*grads, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-12)
+
+
+def test_kinematic_chain_groups_smplx_by_depth():
+    chain = KinematicChain.from_parents(SMPLX_PARENTS)
+    assert len(chain.bounds) == 11  # pelvis ... the finger tips
+    assert chain.order[chain.inverse].tolist() == list(range(55))
+    depth = [0] * 55
+    for joint in range(1, 55):
+        depth[joint] = depth[SMPLX_PARENTS[joint]] + 1
+    for level, (start, stop) in enumerate(chain.bounds):
+        members = chain.order[start:stop].tolist()
+        assert {depth[j] for j in members} == {level}
+        if level:
+            previous = chain.order[slice(*chain.bounds[level - 1])]
+            parents_found = previous[chain.parent_local[start:stop]].tolist()
+            assert parents_found == [SMPLX_PARENTS[j] for j in members]
+
+
+@pytest.mark.parametrize("parents", [[0, -1], [-1, 2, 0], [-1, -1, 0], []])
+def test_kinematic_chain_rejects_a_tree_out_of_order(parents):
+    with pytest.raises(ValueError, match="parents: expected joint 0 as the only root"):
+        KinematicChain.from_parents(parents)
 
 
 def test_skin_points_identity_and_inverse():

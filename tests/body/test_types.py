@@ -7,6 +7,7 @@ from persona.body.types import (
     SMPLX_PARENTS,
     PoseParams,
     big_pose,
+    check_finite,
 )
 
 
@@ -42,3 +43,11 @@ def test_pose_params_nan_is_reported():
     pose.full_pose[0, 5, 1] = float("nan")
     with pytest.raises(ValueError, match="full_pose: contains NaN"):
         pose.validate()
+
+
+def test_check_finite_names_the_first_bad_field_and_skips_none():
+    good, bad = torch.zeros(4, 3), torch.tensor([0.0, float("inf")])
+    check_finite({"a": good, "b": None, "c": torch.zeros(0)}, "where")  # all finite: no error
+    with pytest.raises(ValueError, match=r"^where\.c: contains NaN or infinite values$"):
+        check_finite({"a": good, "b": None, "c": bad, "d": bad * float("nan")}, "where")
+    check_finite({}, "where")
