@@ -13,6 +13,7 @@ build parts from them are persona/system_config.py; the render passes persona/re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Literal
 
@@ -244,12 +245,14 @@ class PersonaSystem(LightningModule):
         if face_init:
             terms.update(loss_terms.face_geo_terms(renders["base"], batch["image"][0],
                                                    weights["face_geo"]))
+        # the body mesh in the frame's pose, posed at most once a step (silhouettes, face patch)
+        posed_mesh = functools.cache(lambda: self.mesh_vertices(pose))
         terms.update(step_terms.mesh_silhouette_terms(
-            renders["base"], lambda: self.mesh_vertices(pose), self.body.faces,
+            renders["base"], posed_mesh, self.body.faces,
             frozen.face_labels, frozen.region_faces, camera, weights, bool(lw.mask_occlusion)))
         if is_input and "image_native" in batch:
             terms.update(step_terms.face_patch_step_terms(
-                state, batch, camera, weights, lw, t, lambda: self.mesh_vertices(pose),
+                state, batch, camera, weights, lw, t, posed_mesh,
                 self.body.faces, frozen.rgb_init, self.renderer, loss_map))
         if weights["hand_rgb_tv"] > 0 and not lw.hand_rgb_tv_on_mesh:
             hands = passes.render_hands(t, state, camera, self.renderer)

@@ -210,7 +210,7 @@ def test_silhouette_targets_follow_the_occlusion_switch(tiny_subject: Path):
 def test_face_patch_terms_on_the_input_image_only(tiny_subject: Path):
     """model.losses.face_patch > 0: the input image adds the authors' four patch terms at
     face_patch each (with face_patch_whole_avatar, ours: base / refined x the variant's image
-    weight); generated frames add none."""
+    weight); generated frames add none. The body mesh is posed once a step for both uses."""
     from persona.data.datamodule import collate_frames
 
     dm = PersonaDataModule(str(tiny_subject), epoch_length=3, seed=3, resolution_scale=0.5)
@@ -223,7 +223,11 @@ def test_face_patch_terms_on_the_input_image_only(tiny_subject: Path):
     sample = dataset[dm.input_rows[0]]
     assert sample["image"].shape[:2] == (80, 48)  # training size
     assert sample["image_native"].shape[:2] == (160, 96)  # the face patch crops this
+    posed_meshes = []
+    mesh_vertices = system.mesh_vertices
+    system.mesh_vertices = lambda pose: posed_meshes.append(pose) or mesh_vertices(pose)
     system.training_step(collate_frames([sample]), 0)
+    assert len(posed_meshes) == 1  # silhouettes and face patch share one posed body mesh
     for term in ("face_patch_base", "face_patch_boundary", "face_patch_mask", "face_patch_geo"):
         assert logged[f"train/weight/{term}"] == pytest.approx(0.1), term
         assert 0.0 <= logged[f"train/loss/{term}"] < 1.0, term

@@ -65,6 +65,8 @@ class AvatarTemplate:
     original_laplacian: NeighbourLaplacian  # [V0, V0] uniform Laplacian of the original mesh
     template_laplacian_targets: Tensor | None = None  # [N, 3] laplacian @ canonical_vertices
     deform_rows: Tensor | None = None  # [M] long, rows of ~no_deform (the deformer's active set)
+    region_rows: dict[str, Tensor] | None = None  # name -> [K] long rows of region_masks[name]
+    #   (index_select instead of boolean indexing: no host synchronisation in a training step)
     median_edge_length: float = 0.0  # m, median edge of the subdivided big-pose mesh
     original_median_edge_length: float = 0.0  # m, median edge of the original topology
 
@@ -207,4 +209,5 @@ def build_avatar_template(
         median_edge_length=median_edge_length(vertices, faces),
         original_median_edge_length=median_edge_length(canonical, original_faces),
         deform_rows=torch.nonzero(~regions[NO_DEFORM], as_tuple=True)[0],
+        region_rows={k: torch.nonzero(v, as_tuple=True)[0] for k, v in regions.items()},
     )

@@ -65,16 +65,23 @@ def render_hands(template: AvatarTemplate, state: AvatarState, camera: Camera,
     authors' hand colour TV. A hand without Gaussians is left out."""
     renders = []
     for region in HAND_REGIONS:
-        mask = template.region_masks[region]  # [N] bool
-        if not bool(mask.any()):
+        rows = region_rows(template, region)  # [P]
+        if rows.numel() == 0:
             continue
-        scales = state.scales["base"][mask].detach()  # [P, 3]
-        gaussians = Gaussians(state.means["base"][mask].detach(), scales,
+        scales = state.scales["base"].index_select(0, rows).detach()  # [P, 3]
+        gaussians = Gaussians(state.means["base"].index_select(0, rows).detach(), scales,
                               scales.new_ones(scales.shape[0]))
         renders.append(renderer.render(
-            gaussians, camera, {"rgb": ChannelGroup(state.rgb["base"][mask])},
+            gaussians, camera, {"rgb": ChannelGroup(state.rgb["base"].index_select(0, rows))},
             RenderSettings(depth=False)))
     return renders
+
+
+def region_rows(template: AvatarTemplate, region: str) -> Tensor:
+    """[K] long rows of a template region: the template's cached rows, else from its mask."""
+    if template.region_rows is not None and region in template.region_rows:
+        return template.region_rows[region]
+    return torch.nonzero(template.region_masks[region], as_tuple=True)[0]
 
 
 def render_eval(gaussians: Gaussians, colours: dict[str, Tensor], faces: Tensor,
