@@ -42,8 +42,8 @@ def reference_transforms(body, identity, pose):
     from persona.body.lbs import invert_rigid, rigid_chain_reference
     from persona.ops.rotations import axis_angle_to_matrix
 
-    body.check_pose(pose)
-    rest = body.rest_joints(identity)
+    body.check_inputs(identity, pose)
+    rest = body.rest_joints(identity, check=False)
     parents = body.parent_list
 
     def chained(full_pose: torch.Tensor) -> torch.Tensor:

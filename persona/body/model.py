@@ -20,7 +20,15 @@ from persona.body.lbs import (
     rigid_chain,
     skin_points,
 )
-from persona.body.types import NUM_JOINTS, Identity, PoseParams, big_pose, check_finite
+from persona.body.types import (
+    NUM_JOINTS,
+    Identity,
+    PoseParams,
+    big_pose,
+    check_finite,
+    identity_fields,
+    pose_fields,
+)
 from persona.ops.rotations import axis_angle_to_matrix
 
 REGION_NAMES = ("left_hand", "right_hand", "hands", "face", "eyes", "mouth_interior")
@@ -116,8 +124,9 @@ class BodyModel(nn.Module):
         return {k: getattr(self, f"region_mask_{k}") for k in self.region_mask_names}
 
     # --------------------------------------------------------------------------------- checking
-    def check_identity(self, identity: Identity) -> None:
-        """ValueError naming the field when an identity does not fit this body."""
+    def check_identity(self, identity: Identity, finite: bool = True) -> None:
+        """ValueError naming the field when an identity does not fit this body (finite: also
+        its values, one host synchronisation)."""
         if identity.betas.shape != (self.num_betas,):
             raise ValueError(f"identity.betas: expected shape [{self.num_betas}] for body "
                              f"{self.name!r}, got {list(identity.betas.shape)}")
@@ -128,14 +137,20 @@ class BodyModel(nn.Module):
         if identity.joint_offset is not None and identity.joint_offset.shape != (NUM_JOINTS, 3):
             raise ValueError(f"identity.joint_offset: expected [55, 3], got "
                              f"{list(identity.joint_offset.shape)}")
-        check_finite({field: getattr(identity, field)
-                      for field in ("betas", "face_offset", "joint_offset")}, "identity")
+        if finite:
+            check_finite(identity_fields(identity))
 
-    def check_pose(self, pose: PoseParams) -> None:
-        pose.validate()
+    def check_pose(self, pose: PoseParams, finite: bool = True) -> None:
+        pose.validate(finite=finite)
         if pose.expression.shape[1] > self.num_expression:
             raise ValueError(f"pose.expression: {pose.expression.shape[1]} coefficients, body "
                              f"{self.name!r} has {self.num_expression}")
+
+    def check_inputs(self, identity: Identity, pose: PoseParams) -> None:
+        """check_identity and check_pose with one host synchronisation for both."""
+        self.check_identity(identity, finite=False)
+        self.check_pose(pose, finite=False)
+        check_finite({**identity_fields(identity), **pose_fields(pose)})
 
     def zero_identity(self) -> Identity:
         return Identity(torch.zeros(self.num_betas, device=self.v_template.device))
@@ -146,9 +161,12 @@ class BodyModel(nn.Module):
         num = expression.shape[-1]
         return blend_shapes(expression, self.exprdirs[..., :num])
 
-    def shaped_vertices(self, identity: Identity, expression: Tensor | None = None) -> Tensor:
-        """Zero-pose mesh with identity: [V, 3], or [B, V, 3] with expression [B, E]."""
-        self.check_identity(identity)
+    def shaped_vertices(self, identity: Identity, expression: Tensor | None = None,
+                        check: bool = True) -> Tensor:
+        """Zero-pose mesh with identity: [V, 3], or [B, V, 3] with expression [B, E]. check:
+        False when the caller has checked the identity."""
+        if check:
+            self.check_identity(identity)
         vertices = self.v_template + blend_shapes(identity.betas, self.shapedirs)  # [V, 3]
         if identity.face_offset is not None:
             vertices = vertices + identity.face_offset
@@ -156,9 +174,9 @@ class BodyModel(nn.Module):
             vertices = vertices + self.expression_offsets(expression)  # [B, V, 3]
         return vertices
 
-    def rest_joints(self, identity: Identity) -> Tensor:
+    def rest_joints(self, identity: Identity, check: bool = True) -> Tensor:
         """Zero-pose joints [55, 3]: J_regressor on the shaped mesh + joint offset."""
-        joints = self.J_regressor @ self.shaped_vertices(identity)  # [55, 3]
+        joints = self.J_regressor @ self.shaped_vertices(identity, check=check)  # [55, 3]
         if identity.joint_offset is not None:
             joints = joints + identity.joint_offset
         return joints
@@ -167,8 +185,9 @@ class BodyModel(nn.Module):
         """full_pose [B, 55, 3] axis-angle -> [B, 55, 4, 4] zero pose -> pose (no translation)."""
         if full_pose.ndim != 3 or full_pose.shape[1:] != (NUM_JOINTS, 3):
             raise ValueError(f"full_pose: expected [B, 55, 3], got {list(full_pose.shape)}")
-        check_finite({"full_pose": full_pose}, "joint_transforms")
-        return self.chain_transforms(self.rest_joints(identity), full_pose)
+        self.check_identity(identity, finite=False)
+        check_finite({**identity_fields(identity), "full_pose": full_pose})
+        return self.chain_transforms(self.rest_joints(identity, check=False), full_pose)
 
     def chain_transforms(self, rest_joints: Tensor, full_pose: Tensor) -> Tensor:
         """rest_joints [55, 3], full_pose [B, 55, 3] (checked by the caller) -> [B, 55, 4, 4]."""
@@ -185,18 +204,21 @@ class BodyModel(nn.Module):
         """The identity-shaped body in the big pose (the avatar's canonical space)."""
         pose = self.big_pose_buffer[None]  # [1, 55, 3]
         rotations = axis_angle_to_matrix(pose + self.pose_mean)  # [1, 55, 3, 3]
-        rest = self.rest_joints(identity)[None]  # [1, 55, 3]
+        self.check_identity(identity)
+        rest = self.rest_joints(identity, check=False)[None]  # [1, 55, 3]
         joints, transforms = rigid_chain(rotations, rest, self.parents, self.kinematic_chain)
-        vertices = skin_points(self.shaped_vertices(identity), self.lbs_weights, transforms)
+        vertices = skin_points(self.shaped_vertices(identity, check=False), self.lbs_weights,
+                               transforms)
         return Canonical(vertices[0], joints[0], transforms[0])
 
     def transforms_from_canonical(self, identity: Identity, pose: PoseParams) -> Tensor:
         """[B, 55, 4, 4] mapping big-pose points to posed world points (transl included). The
         pose and the big pose go through the chain as one batch [B + 1]."""
-        self.check_pose(pose)
+        self.check_inputs(identity, pose)
         full_pose = pose.full_pose
         both = torch.cat([full_pose, self.big_pose_buffer.to(full_pose.dtype)[None]])
-        chained = self.chain_transforms(self.rest_joints(identity), both)  # [B + 1, 55, 4, 4]
+        rest = self.rest_joints(identity, check=False)  # [55, 3]
+        chained = self.chain_transforms(rest, both)  # [B + 1, 55, 4, 4]
         transforms = chained[:-1] @ invert_rigid(chained[-1:])
         translation = torch.zeros_like(transforms)
         translation[..., :3, 3] = pose.transl[:, None, :]
@@ -204,7 +226,8 @@ class BodyModel(nn.Module):
 
     def forward(self, identity: Identity, pose: PoseParams) -> Tensor:
         """Posed vertices [B, V, 3]: template weights, expression in the zero pose, + transl."""
-        self.check_pose(pose)
-        vertices = self.shaped_vertices(identity, pose.expression)  # [B, V, 3]
-        transforms = self.joint_transforms(identity, pose.full_pose)
+        self.check_inputs(identity, pose)
+        vertices = self.shaped_vertices(identity, pose.expression, check=False)  # [B, V, 3]
+        transforms = self.chain_transforms(self.rest_joints(identity, check=False),
+                                           pose.full_pose)
         return skin_points(vertices, self.lbs_weights, transforms) + pose.transl[:, None, :]

@@ -70,8 +70,9 @@ class PoseParams:
     def batch_size(self) -> int:
         return self.full_pose.shape[0]
 
-    def validate(self, where: str = "pose") -> None:
-        """Raise ValueError naming the field when a shape is wrong or a value is not finite."""
+    def validate(self, where: str = "pose", finite: bool = True) -> None:
+        """Raise ValueError naming the field when a shape is wrong or (finite) a value is not
+        finite."""
         fp, ex, tr = self.full_pose, self.expression, self.transl
         if fp.ndim != 3 or fp.shape[1:] != (NUM_JOINTS, 3):
             raise ValueError(f"{where}.full_pose: expected shape [B, 55, 3], got {list(fp.shape)}")
@@ -79,12 +80,25 @@ class PoseParams:
             raise ValueError(f"{where}.expression: expected shape [B, E], got {list(ex.shape)}")
         if tr.shape != (fp.shape[0], 3):
             raise ValueError(f"{where}.transl: expected shape [B, 3], got {list(tr.shape)}")
-        check_finite({"full_pose": fp, "expression": ex, "transl": tr}, where)
+        if finite:
+            check_finite(pose_fields(self, where))
 
 
-def check_finite(fields: dict[str, Tensor | None], where: str) -> None:
-    """ValueError naming the first field (`where.name`) holding a NaN or infinite value; None
-    fields are skipped. One host synchronisation for all fields (a GPU step waits once)."""
+def identity_fields(identity: Identity, where: str = "identity") -> dict[str, Tensor | None]:
+    """{"identity.betas": ..., ...}: an identity's tensors by name, for check_finite."""
+    return {f"{where}.{name}": getattr(identity, name)
+            for name in ("betas", "face_offset", "joint_offset")}
+
+
+def pose_fields(pose: PoseParams, where: str = "pose") -> dict[str, Tensor]:
+    """{"pose.full_pose": ..., ...}: a pose's tensors by name, for check_finite."""
+    return {f"{where}.{name}": getattr(pose, name)
+            for name in ("full_pose", "expression", "transl")}
+
+
+def check_finite(fields: dict[str, Tensor | None]) -> None:
+    """ValueError naming the first field holding a NaN or infinite value; None fields are
+    skipped. One host synchronisation for all fields (a GPU step waits once)."""
     present = [(name, value) for name, value in fields.items() if value is not None]
     if not present:
         return
@@ -93,7 +107,7 @@ def check_finite(fields: dict[str, Tensor | None], where: str) -> None:
         return
     for (name, _), ok in zip(present, finite.tolist(), strict=True):
         if not ok:
-            raise ValueError(f"{where}.{name}: contains NaN or infinite values")
+            raise ValueError(f"{name}: contains NaN or infinite values")
 
 
 def big_pose(dtype: torch.dtype = torch.float32) -> Tensor:

@@ -47,7 +47,7 @@ def test_pose_params_nan_is_reported():
 
 def test_check_finite_names_the_first_bad_field_and_skips_none():
     good, bad = torch.zeros(4, 3), torch.tensor([0.0, float("inf")])
-    check_finite({"a": good, "b": None, "c": torch.zeros(0)}, "where")  # all finite: no error
-    with pytest.raises(ValueError, match=r"^where\.c: contains NaN or infinite values$"):
-        check_finite({"a": good, "b": None, "c": bad, "d": bad * float("nan")}, "where")
-    check_finite({}, "where")
+    check_finite({"w.a": good, "w.b": None, "w.c": torch.zeros(0)})  # all finite: no error
+    with pytest.raises(ValueError, match=r"^w\.c: contains NaN or infinite values$"):
+        check_finite({"w.a": good, "w.b": None, "w.c": bad, "w.d": bad * float("nan")})
+    check_finite({})
