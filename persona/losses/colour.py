@@ -17,11 +17,6 @@ from torch import Tensor
 HAND_ALPHA_THRESHOLD = 0.9
 
 
-def _zero_like_graph(tensor: Tensor) -> Tensor:
-    """A scalar 0 connected to the input's graph (gradient 0, not None)."""
-    return tensor.sum() * 0.0
-
-
 def hand_image_tv_loss(hand_images: Tensor, hand_alpha: Tensor,
                        alpha_threshold: float = HAND_ALPHA_THRESHOLD) -> Tensor:
     """Squared total variation of rendered hand images inside their alpha (the authors' TVReg).
@@ -52,11 +47,10 @@ def hand_rgb_aux_loss(rgb: Tensor, rgb_aux: Tensor, hand_mask: Tensor,
                       squared: bool = True) -> Tensor:
     """Hand colours toward rgb_aux (detached): mean over hand Gaussians and channels of
     (rgb - rgb_aux)^2 (authors), or |rgb - rgb_aux| with squared=False (ours before).
-    rgb, rgb_aux [N, 3] activated colours; hand_mask [N] bool. No hand Gaussian: 0."""
-    if not bool(hand_mask.any()):
-        return _zero_like_graph(rgb)
-    diff = rgb[hand_mask] - rgb_aux[hand_mask].detach()  # [P, 3]
-    return (diff ** 2).mean() if squared else diff.abs().mean()
+    rgb, rgb_aux [N, 3] activated colours; hand_mask [N] bool. No hand Gaussian: 0. Masked
+    sums, not boolean indexing: nothing is read back to the host."""
+    diff = rgb - rgb_aux.detach()  # [N, 3]
+    return masked_mean(diff ** 2 if squared else diff.abs(), hand_mask)
 
 
 def mouth_rgb_loss(rgb: Tensor, mouth_mask: Tensor, ring_mask: Tensor,
@@ -64,8 +58,17 @@ def mouth_rgb_loss(rgb: Tensor, mouth_mask: Tensor, ring_mask: Tensor,
     """Mouth-interior colours toward the detached mean colour of the surrounding ring: mean over
     the interior and channels of (rgb_i - mean_ring rgb)^2 (authors), or |.| with squared=False.
     rgb [N, 3]; masks [N] bool. An empty interior or ring gives 0."""
-    if not bool(mouth_mask.any()) or not bool(ring_mask.any()):
-        return _zero_like_graph(rgb)
-    target = rgb[ring_mask].mean(0).detach()  # [3]
-    diff = rgb[mouth_mask] - target  # [P, 3]
-    return (diff ** 2).mean() if squared else diff.abs().mean()
+    ring = ring_mask.to(rgb.dtype)[:, None]  # [N, 1]
+    ring_count = ring.sum()
+    target = ((rgb * ring).sum(0) / ring_count.clamp(min=1)).detach()  # [3]
+    diff = rgb - target  # [N, 3]
+    loss = masked_mean(diff ** 2 if squared else diff.abs(), mouth_mask)
+    return loss * (ring_count > 0).to(loss.dtype)  # an empty ring: 0
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of values [N, C] over the rows where mask [N] is True and every channel; 0 (with a
+    zero gradient) when none is."""
+    weight = mask.to(values.dtype)[:, None]  # [N, 1]
+    count = weight.sum() * values.shape[1]
+    return (values * weight).sum() / count.clamp(min=1)

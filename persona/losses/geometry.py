@@ -127,13 +127,13 @@ def normal_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None,
     averaged over ALL pixels (the authors' reduction); with mean_over_valid, over the valid
     pixels only (ours: 1 / valid-fraction times stronger). pred, target [..., 3]; valid [...].
     No valid pixel: 0 (with a zero gradient)."""
-    both = normal_valid(pred, target, valid)  # [...]
     per_pixel = normal_loss_map(pred, target, valid)  # [...]
+    if not mean_over_valid:  # zeros off the valid pixels: no host read of the mask
+        return per_pixel.mean()
+    both = normal_valid(pred, target, valid)  # [...]
     if not bool(both.any()):
         return _zero_like_graph(pred)
-    if mean_over_valid:
-        return per_pixel[both].mean()
-    return per_pixel.mean()
+    return per_pixel[both].mean()
 
 
 def seg_loss_map(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor) -> Tensor:
@@ -156,9 +156,9 @@ def seg_loss(pred_palette: Tensor, target_palette: Tensor, foreground: Tensor,
     over ALL pixels and channels (the authors' reduction); with mean_over_valid, over the
     foreground pixels only (ours). No foreground pixel: 0."""
     per_pixel = seg_loss_map(pred_palette, target_palette, foreground)  # [..., 3]
+    if not mean_over_valid:  # zeros off the foreground: no host read of the mask
+        return per_pixel.mean()
     foreground = foreground.bool()
     if not bool(foreground.any()):
         return _zero_like_graph(pred_palette)
-    if mean_over_valid:
-        return per_pixel[foreground].mean()
-    return per_pixel.mean()
+    return per_pixel[foreground].mean()

@@ -22,9 +22,11 @@ def _check_faces(faces: Tensor, num_vertices: int) -> None:
         raise ValueError(f"faces: expected shape [F, 3], got {list(faces.shape)}")
     if faces.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"faces: expected an integer tensor, got {faces.dtype}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_vertices):
-        raise ValueError(f"faces: indices must lie in [0, {num_vertices}), got "
-                         f"[{int(faces.min())}, {int(faces.max())}]")
+    if not faces.numel():
+        return
+    low, high = torch.stack(torch.aminmax(faces)).tolist()  # one host read for both
+    if low < 0 or high >= num_vertices:
+        raise ValueError(f"faces: indices must lie in [0, {num_vertices}), got [{low}, {high}]")
 
 
 def mesh_edges(faces: Tensor, num_vertices: int) -> Tensor:

@@ -66,3 +66,27 @@ def test_mouth_rgb_loss_is_squared_toward_the_detached_ring_mean() -> None:
     loss.backward()
     assert rgb.grad is not None and float(rgb.grad[1:].abs().sum()) == 0.0  # ring detached
     assert float(mouth_rgb_loss(rgb, mouth, torch.zeros(4, dtype=torch.bool)).detach()) == 0.0
+
+
+def test_hand_and_mouth_colour_losses_read_nothing_back_to_the_host() -> None:
+    """Masked sums instead of boolean indexing: no nonzero and no scalar read (a GPU step does
+    not wait on them), empty masks included; the empty cases give 0 with a zero gradient."""
+    generator = torch.Generator().manual_seed(0)
+    rgb = torch.rand(50, 3, generator=generator, requires_grad=True)
+    aux = torch.rand(50, 3, generator=generator)
+    some = torch.rand(50, generator=generator) > 0.5
+    none = torch.zeros(50, dtype=torch.bool)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        losses = [hand_rgb_aux_loss(rgb, aux, some), hand_rgb_aux_loss(rgb, aux, none),
+                  mouth_rgb_loss(rgb, some, ~some), mouth_rgb_loss(rgb, some, none),
+                  mouth_rgb_loss(rgb, none, some)]
+    reads = [e.name for e in profile.events()
+             if e.name in ("aten::_local_scalar_dense", "aten::nonzero")]
+    assert not reads
+    expected = ((rgb[some] - aux[some]) ** 2).mean()
+    torch.testing.assert_close(losses[0], expected)
+    ring_mean = rgb[~some].mean(0)
+    torch.testing.assert_close(losses[2], ((rgb[some] - ring_mean) ** 2).mean())
+    for empty in losses[1], losses[3], losses[4]:
+        (grad,) = torch.autograd.grad(empty, rgb)
+        assert float(empty) == 0.0 and torch.equal(grad, torch.zeros_like(grad))

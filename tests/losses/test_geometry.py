@@ -157,3 +157,21 @@ def test_coarse_loss_pulls_a_splat_from_beyond_its_footprint(distance: float) ->
     assert abs(float(x_plain.grad)) < 1e-6
     assert float(x_coarse.grad) > 1e-5  # descending moves the splat left, onto the target
     assert float(coarse_loss(target, target, 2.0, 3)) == 0.0
+
+
+@pytest.mark.parametrize("mean_over_valid", [False, True])
+def test_normal_and_seg_losses_without_valid_pixels_are_zero_with_zero_gradient(
+        mean_over_valid: bool) -> None:
+    """No valid pixel: 0 with a zero (not None) gradient in both reductions; the authors'
+    reduction (mean over all pixels) reads nothing back to the host, so a GPU step does not
+    wait on it."""
+    pred = torch.rand(6, 5, 3, requires_grad=True)
+    none = torch.zeros(6, 5, dtype=torch.bool)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        losses = [normal_loss(pred, torch.rand(6, 5, 3), none, mean_over_valid=mean_over_valid),
+                  seg_loss(pred, torch.rand(6, 5, 3), none, mean_over_valid=mean_over_valid)]
+    reads = sum(e.name == "aten::_local_scalar_dense" for e in profile.events())
+    assert reads == (2 if mean_over_valid else 0)
+    for loss in losses:
+        (grad,) = torch.autograd.grad(loss, pred)
+        assert float(loss) == 0.0 and torch.equal(grad, torch.zeros_like(grad))

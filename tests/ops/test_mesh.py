@@ -2,6 +2,7 @@
 
 import itertools
 
+import pytest
 import torch
 
 from persona.ops.mesh import (
@@ -117,3 +118,12 @@ def test_region_ring() -> None:
     assert region_ring(region, FAN_FACES).tolist() == [False, True, True, True, True]
     region = torch.tensor([False, True, False, False, False])
     assert region_ring(region, FAN_FACES).tolist() == [True, False, True, False, True]
+
+
+def test_faces_out_of_range_are_a_clear_error() -> None:
+    vertices = torch.zeros(4, 3)
+    for faces, got in ((torch.tensor([[0, 1, 4]]), r"\[0, 4\]"),
+                       (torch.tensor([[-1, 1, 2]]), r"\[-1, 2\]")):
+        with pytest.raises(ValueError, match=r"faces: indices must lie in \[0, 4\), got " + got):
+            vertex_normals(vertices, faces)
+    assert vertex_normals(vertices, torch.zeros(0, 3, dtype=torch.long)).shape == (4, 3)
