@@ -16,13 +16,18 @@ fit gets the fit's defaults), and report the same errors over those frames as "r
 "written" and "fitted" over the same frames as "refit_written", "refit_fitted"): can a
 frozen-avatar pose fit undo what the joint refinement does not?
 
+--refit-hold-depth / --refit-prior W: that refit with the translation along the camera's
+viewing axis held and / or W x the mean squared change of the body joints' 6D rotations from the
+start added to its loss (`refit_held`): does the refit find the poses once it cannot push the
+depth away or drift far from the run's fit?
+
 --smooth W [W ...]: also the written poses box-filtered over W consecutive frames of each
 generated video (axis-angles and translations averaged; the window shrinks at a video's ends),
 as "smoothed_W": does a temporal filter, a common clean-up of per-frame fits, take the written
 poses closer to the truth, or does the motion between frames cost more than the noise it averages?
 
     .venv/bin/python experiments/pose_refinement.py RUN_DIR [--subject DIR] [--refit N]
-        [--smooth W ...]
+        [--refit-steps S] [--refit-lr LR] [--refit-hold-depth] [--refit-prior W] [--smooth W ...]
 """
 
 from __future__ import annotations
@@ -145,9 +150,75 @@ def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
     return torch.cat(poses), torch.cat(transls)
 
 
+def refit_held(loaded: diag.SynthRun, rows: list[int], steps: int | None, lr: float | None,
+               prior: float, hold_depth: bool) -> tuple[Tensor, Tensor]:
+    """`refit_poses` with two study changes: the translation along the camera's viewing axis is
+    held (that component of its gradient removed before each step: SILog depth is blind to
+    scale, and the plain refit pushed it away from the truth), and `prior` x the mean squared
+    change of the body joints' 6D rotations from the start joins the loss (a pull toward the
+    run's fitted pose). Otherwise the test-pose fit's loss, optimiser and schedule."""
+    from persona.avatar import posing
+    from persona.avatar.frame_params import FrameParams
+    from persona.data.datamodule import collate_frames
+    from persona.metrics.test_pose import test_pose_loss
+    from persona.render import passes
+    from persona.system_parts import batch_camera
+
+    system, frames = loaded.system, loaded.dm.train_dataset()
+    settings = system.eval_protocol.fit_settings()
+    settings = dataclasses.replace(settings, steps=settings.steps if steps is None else steps,
+                                   lr=settings.lr if lr is None else lr)
+    frozen = [p for p in system.parameters() if p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    poses, transls = [], []
+    try:
+        for row in rows:
+            batch = collate_frames([frames[row]])
+            camera = batch_camera(batch)
+            view_axis = camera.R[2].detach()  # [3] the camera's z axis in the world
+            frame = {k: batch[k][0] for k in ("image", "mask", "depth", "normal", "seg")}
+            with torch.no_grad():
+                start = system.frame_params(torch.tensor([row]))
+            params = FrameParams(start)
+            start_body = params.body[0].detach().clone()  # [21, 6]
+            groups = params.parameter_groups()
+            optimiser = torch.optim.Adam(
+                [{"params": groups["frame_other"], "lr": settings.lr},
+                 {"params": groups["frame_hands"],
+                  "lr": settings.lr * settings.hand_lr_factor}], eps=settings.adam_eps)
+            frame_id = torch.zeros(1, dtype=torch.long)
+            for step in range(settings.steps):
+                if step == settings.decay_step:
+                    for group in optimiser.param_groups:
+                        group["lr"] *= settings.decay_factor
+                optimiser.zero_grad(set_to_none=True)
+                pose = params(frame_id)
+                state = system.posed_state(pose, posing.body_pose_6d(pose))
+                renders = {v: passes.render_state(system.template, state, camera,
+                                                  system.renderer, v, with_aux=False,
+                                                  with_seams=False) for v in posing.VARIANTS}
+                loss = test_pose_loss(renders, frame, settings, system.frozen.lpips_train)
+                loss = loss + prior * ((params.body[0] - start_body) ** 2).mean()
+                loss.backward()
+                grad = params.transl[0].grad
+                if hold_depth and grad is not None:
+                    grad.sub_((grad @ view_axis) * view_axis)
+                optimiser.step()
+            with torch.no_grad():
+                fitted = params(frame_id)
+            poses.append(fitted.full_pose)
+            transls.append(fitted.transl)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    return torch.cat(poses), torch.cat(transls)
+
+
 def refinement_report(run_dir: Path, subject: Path | None, refit: int = 0,
                       refit_steps: int | None = None, refit_lr: float | None = None,
-                      smooth: tuple[int, ...] = ()) -> dict[str, Any]:
+                      smooth: tuple[int, ...] = (), refit_prior: float = 0.0,
+                      refit_hold_depth: bool = False) -> dict[str, Any]:
     loaded = diag.load_synth_run(run_dir, subject)
     dm = loaded.dm
     true_poses, lengths = diag.true_training_poses(loaded.body, loaded.identity, loaded.config)
@@ -171,7 +242,12 @@ def refinement_report(run_dir: Path, subject: Path | None, refit: int = 0,
             box_smooth(written_pose, lengths, window), box_smooth(written_transl, lengths, window))
     if refit > 0:
         chosen = spread(len(picks), refit)  # positions in picks / the true poses
-        pose, transl = refit_poses(loaded, [picks[i] for i in chosen], refit_steps, refit_lr)
+        if refit_prior > 0 or refit_hold_depth:
+            pose, transl = refit_held(loaded, [picks[i] for i in chosen], refit_steps, refit_lr,
+                                      refit_prior, refit_hold_depth)
+        else:
+            pose, transl = refit_poses(loaded, [picks[i] for i in chosen], refit_steps,
+                                       refit_lr)
         true_pose, true_transl = true_poses.full_pose[chosen], true_poses.transl[chosen]
         report["refit_frames"] = len(chosen)
         for name, p, t in (("refit_written", written_pose[chosen], written_transl[chosen]),
@@ -191,11 +267,16 @@ def main(argv: list[str]) -> int:
                         help="steps of that fit (default: the run's test protocol)")
     parser.add_argument("--refit-lr", type=float, default=None,
                         help="lr of that fit (default: the run's test protocol)")
+    parser.add_argument("--refit-prior", type=float, default=0.0,
+                        help="weight of a pull of the body joints' 6D rotations to the start")
+    parser.add_argument("--refit-hold-depth", action="store_true",
+                        help="hold the translation along the camera's viewing axis")
     parser.add_argument("--smooth", type=int, nargs="+", default=[],
                         help="box-filter windows (frames) for the written poses")
     args = parser.parse_args(argv)
     print(json.dumps(refinement_report(args.run_dir, args.subject, args.refit,
-                                       args.refit_steps, args.refit_lr, tuple(args.smooth)),
+                                       args.refit_steps, args.refit_lr, tuple(args.smooth),
+                                       args.refit_prior, args.refit_hold_depth),
                      indent=1))
     return 0
 

@@ -239,6 +239,18 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     moved = _load("pose_refinement").refinement_report(run, None, refit=2, refit_steps=3,
                                                         refit_lr=1e-2)
     assert abs(moved["refit"]["body"] - moved["refit_fitted"]["body"]) > 1e-3
+    # --refit-hold-depth: the same fit moves the pose, but not the translation along the view
+    loaded = diag.load_synth_run(run, None)
+    rows = loaded.dm.generated_rows[:1]
+    with torch.no_grad():
+        start = loaded.system.frame_params(torch.tensor(rows))
+    view_axis = loaded.dm.train_dataset()[rows[0]]["R"][2].float()
+    pose, transl = _load("pose_refinement").refit_held(loaded, rows, 3, 1e-2, prior=1.0,
+                                                       hold_depth=True)
+    moved_transl = (transl - start.transl)[0]
+    assert float(moved_transl.norm()) > 1e-4  # it moves across the view ...
+    assert abs(float(moved_transl @ view_axis)) < 1e-6  # ... and not along it
+    assert float((pose - start.full_pose).abs().max()) > 1e-4
 
     # experiments/deformer_split.py: every garment part of the synth, finite numbers
     capsys.readouterr()
