@@ -46,7 +46,7 @@ from typing import Any
 import torch
 import yaml
 
-from persona.atomic import atomic_write_text
+from persona.atomic import atomic_write_json
 
 # the seed statistics `persona compare` uses too (mean, sample std, pooled-std effect size)
 from persona.study.compare import (  # pooled_std: part of this script's interface
@@ -338,7 +338,7 @@ def finite_or_none(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic write (a kill never leaves half a row)."""
-    atomic_write_text(path, json.dumps(finite_or_none(data), indent=1) + "\n")
+    atomic_write_json(path, finite_or_none(data))
 
 
 # ---------------------------------------------------------------------------- identity scores

@@ -7,12 +7,14 @@ never half a file."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPLACED_SUFFIX = ".replaced"  # the earlier folder's name while the new one is renamed in
 TEMPORARY_MARK = ".tmp-"  # between the target's name and the writer's pid in a temporary's name
@@ -99,6 +101,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """`text` to `path` through `atomic_write`, its newlines as they are (newline=""; what
     CSV needs); `path`."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """`obj` as indented JSON (one space, a final newline) to `path` through `atomic_write`;
+    `path`."""
+    return atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def replace_folder(new: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -84,6 +84,9 @@ def test_a_file_appears_with_its_content_and_the_usual_mode(tmp_path: Path) -> N
     assert atomic.atomic_write_text(text, "x", encoding="utf-16").read_bytes() == \
         "x".encode("utf-16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "new"]  # no temporary
+    document = tmp_path / "new" / "b.json"
+    assert atomic.atomic_write_json(document, {"a": [1, 2.5], "b": "ä"}) == document
+    assert document.read_text() == '{\n "a": [\n  1,\n  2.5\n ],\n "b": "\\u00e4"\n}\n'
 
 
 def test_the_mode_follows_the_umask(tmp_path: Path) -> None:

@@ -72,12 +72,11 @@ def main(argv: list[str]) -> int:
                                  "median_s": {k: round(v, 6) for k, v in medians.items()},
                                  "sparse_over_gathers": round(medians["sparse"]
                                                               / medians["gathers"], 2)})
-    text = json.dumps(result, indent=1)
     if args.out is not None:
-        from persona.atomic import atomic_write_text
+        from persona.atomic import atomic_write_json
 
-        atomic_write_text(args.out, text + "\n")
-    print(text)
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=1))
     return 0
 
 

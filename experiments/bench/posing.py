@@ -111,12 +111,11 @@ def main(argv: list[str]) -> int:
         "median_s": round(forms_out["joints"]["median_s"] / forms_out["depth"]["median_s"], 2),
         "top_level_ops": round(forms_out["joints"]["top_level_ops"]
                                / forms_out["depth"]["top_level_ops"], 2)}
-    text = json.dumps(result, indent=1)
     if args.out is not None:
-        from persona.atomic import atomic_write_text
+        from persona.atomic import atomic_write_json
 
-        atomic_write_text(args.out, text + "\n")
-    print(text)
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=1))
     return 0
 
 

@@ -509,9 +509,9 @@ def check_subject(subject: Path) -> None:
 
 def write_json(path: Path, document: dict) -> None:
     """Write via a temporary name in the same folder, then rename (no half-written file)."""
-    from persona.atomic import atomic_write_text
+    from persona.atomic import atomic_write_json
 
-    atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+    atomic_write_json(path, document)
 
 
 def benchmark(subject: Path, levels: list[int], warmup: int, steps: int,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from persona.atomic import atomic_write_bytes
+from persona.atomic import atomic_write_bytes, atomic_write_json
 from persona.body.types import NUM_JOINTS, Identity, PoseParams
 from persona.data.palette import rgb_to_labels
 from persona.render.types import Camera
@@ -169,7 +169,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    atomic_write_json(path, obj)
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
