@@ -31,13 +31,16 @@ crop corners as pixel indices, so the convention is only good to about half a cr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +55,8 @@ from persona.data.subject import file_sha256
 # ----------------------------------------------------------------------------------------------
 # Model files (npm package @mediapipe/pose, Apache-2.0)
 # ----------------------------------------------------------------------------------------------
+# LiteRT's informational lines on stderr that load_interpreter does not pass on
+LITERT_NOTICES = ("INFO: Created TensorFlow Lite XNNPACK delegate",)
 NPM_PACKAGE = "@mediapipe/pose@0.5.1675469404"  # the npm release whose .tflite files we use
 NPM_TARBALL = "mediapipe-pose-0.5.1675469404.tgz"  # what `npm pack` writes for it
 # file in our weights folder -> (member of the npm tarball, sha256 of its bytes)
@@ -450,16 +455,40 @@ def check_model_file(path: str | Path, setting: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def native_stderr_without(prefixes: tuple[str, ...]) -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 meanwhile (native libraries write there
+    directly) and write it back afterwards without the lines that start with one of
+    `prefixes`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith(prefixes))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
 def load_interpreter(path: str | Path, setting: str, num_threads: int | None = None) -> Any:
-    """An allocated ai-edge-litert Interpreter for a .tflite file."""
+    """An allocated ai-edge-litert Interpreter for a .tflite file (LiteRT's notice that it
+    created its CPU delegate is not passed on: it reads like a message of ours)."""
     path = check_model_file(path, setting)
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as error:
         raise ImportError(f"the light pose backend needs the `ai-edge-litert` package "
                           f"(setting {setting}); {INSTALL_HINT}") from error
-    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    with native_stderr_without(LITERT_NOTICES):
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
     return interpreter
 
 

@@ -170,6 +170,20 @@ def test_missing_or_wrong_model_files_name_the_setting_and_the_install(tmp_path:
         lp.check_model_file(bogus, lp.LANDMARK_SETTING)
 
 
+def test_native_stderr_loses_only_the_named_lines(capfd) -> None:
+    with lp.native_stderr_without(lp.LITERT_NOTICES):
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"ERROR: something else\nINFO: kept too\n")
+    assert capfd.readouterr().err == "ERROR: something else\nINFO: kept too\n"
+
+
+@needs_models
+def test_loading_a_model_prints_no_litert_notice(capfd) -> None:
+    interpreter = lp.load_interpreter(DETECTOR, lp.DETECTOR_SETTING)
+    assert interpreter.get_input_details()
+    assert "XNNPACK" not in capfd.readouterr().err
+
+
 def test_extract_checks_every_sha256(tmp_path: Path) -> None:
     tarball = tmp_path / "pose.tgz"
     with tarfile.open(tarball, "w:gz") as archive:
