@@ -54,25 +54,31 @@ def mask_loss(alpha: Tensor, mask: Tensor) -> Tensor:
     return (alpha - mask.to(alpha.dtype)).abs().mean()
 
 
-def _min_max(values: Tensor) -> Tensor | None:
-    low, high = values.min(), values.max()
+def _min_max_on(values: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """(values - low) / span on the valid pixels (0 elsewhere) and span = high - low, with low
+    and high over the valid pixels only; masked reductions, so nothing is read back to the host.
+    A span <= 0 (constant, or no valid pixel) divides by 1 instead; the caller discards it."""
+    fill_high, fill_low = values.detach().max(), values.detach().min()  # finite fills
+    low = torch.where(valid, values, fill_high).amin()
+    high = torch.where(valid, values, fill_low).amax()
     span = high - low
-    if float(span.detach()) <= 0.0:
-        return None
-    return (values - low) / span
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(valid, (values - low) / safe, torch.zeros_like(values)), span
 
 
 def _silog_single(pred: Tensor, target: Tensor, log_eps: float, min_valid_pixels: int) -> Tensor:
     valid = (pred.detach() > 0) & (target > 0)
-    if int(valid.sum()) < min_valid_pixels:
-        return _zero_like_graph(pred)
-    pred_norm = _min_max(pred[valid])
-    target_norm = _min_max(target[valid])
-    if pred_norm is None or target_norm is None:  # a constant depth carries no shape
-        return _zero_like_graph(pred)
-    d = torch.log(target_norm + log_eps) - torch.log(pred_norm + log_eps)
-    variance = (d * d).mean() - SILOG_VARIANCE_FOCUS * d.mean() ** 2
-    return variance.clamp(min=SQRT_FLOOR).sqrt()
+    weight = valid.to(pred.dtype)
+    count = weight.sum()
+    pred_norm, pred_span = _min_max_on(pred, valid)
+    target_norm, target_span = _min_max_on(target, valid)
+    d = (torch.log(target_norm + log_eps) - torch.log(pred_norm + log_eps)) * weight
+    mean_d = d.sum() / count.clamp(min=1)
+    variance = (d * d).sum() / count.clamp(min=1) - SILOG_VARIANCE_FOCUS * mean_d ** 2
+    loss = variance.clamp(min=SQRT_FLOOR).sqrt()
+    # too few valid pixels, or a constant depth (it carries no shape): 0 with a zero gradient
+    usable = (count >= min_valid_pixels) & (pred_span > 0) & (target_span > 0)
+    return torch.where(usable, loss, torch.zeros_like(loss))
 
 
 def silog_depth_loss(

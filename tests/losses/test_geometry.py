@@ -59,6 +59,32 @@ def test_silog_matches_formula_by_hand() -> None:
     assert abs(float(got) - expected) < 1e-12
 
 
+def _silog_by_indexing(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The SILog of the valid pixels picked by boolean indexing (the form before 2026-12-06)."""
+    valid = (pred.detach() > 0) & (target > 0)
+    p, t = pred[valid], target[valid]
+    p, t = (p - p.min()) / (p.max() - p.min()), (t - t.min()) / (t.max() - t.min())
+    d = torch.log(t + 1e-2) - torch.log(p + 1e-2)
+    return ((d * d).mean() - 0.5 * d.mean() ** 2).sqrt()
+
+
+def test_silog_masked_form_equals_indexing_and_reads_nothing_back() -> None:
+    """Masked reductions over the valid pixels: the value and the gradient of picking them by
+    boolean indexing (float64), with no host read (a GPU step does not wait on it)."""
+    pred, target = _depth_pair()
+    pred = pred[0, ..., 0].requires_grad_(True)
+    target = target[0, ..., 0]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        ours = silog_depth_loss(pred, target)
+    assert not [e.name for e in profile.events()
+                if e.name in ("aten::_local_scalar_dense", "aten::nonzero")]
+    theirs = _silog_by_indexing(pred, target)
+    (grad_ours,) = torch.autograd.grad(ours, pred)
+    (grad_theirs,) = torch.autograd.grad(theirs, pred)
+    assert abs(float(ours) - float(theirs)) < 1e-12
+    torch.testing.assert_close(grad_ours, grad_theirs, atol=1e-12, rtol=0)
+
+
 def test_silog_too_few_pixels_or_constant_is_zero_with_gradient() -> None:
     pred = torch.zeros(8, 8, 1, requires_grad=True)
     target = torch.ones(8, 8, 1)
@@ -66,8 +92,15 @@ def test_silog_too_few_pixels_or_constant_is_zero_with_gradient() -> None:
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert pred.grad is not None and float(pred.grad.abs().sum()) == 0.0
-    constant = torch.full((8, 8, 1), 2.0)
-    assert float(silog_depth_loss(constant, target * torch.rand(8, 8, 1))) == 0.0
+    constant = torch.full((8, 8, 1), 2.0, requires_grad=True)
+    flat = silog_depth_loss(constant, target * torch.rand(8, 8, 1))
+    (grad,) = torch.autograd.grad(flat, constant)
+    assert float(flat) == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+    few = torch.zeros(8, 8, 1)
+    few.view(-1)[:15] = torch.rand(15) + 1  # 15 valid pixels, one short of the minimum
+    assert float(silog_depth_loss(few, target * torch.rand(8, 8, 1))) == 0.0
+    few.view(-1)[15] = 1.5
+    assert float(silog_depth_loss(few, target * torch.rand(8, 8, 1))) > 0.0
 
 
 def test_silog_gradient_finite_at_equality() -> None:
