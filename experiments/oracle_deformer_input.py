@@ -81,7 +81,8 @@ class TrueDeformerInput(pl.Callback):
         device = next(pl_module.parameters()).device
         table = table.to(device)
 
-        def body_pose_6d(frame_id: Tensor) -> Tensor:  # [B] -> [B, 21, 6], no gradient
+        def body_pose_6d(frame_id: Tensor, rows: list[int] | None = None) -> Tensor:
+            """[B] -> [B, 21, 6], no gradient (rows: FrameParams' host ids, unused here)."""
             return table.index_select(0, frame_id.to(device))
 
         frame_params.body_pose_6d = body_pose_6d

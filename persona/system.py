@@ -228,9 +228,9 @@ class PersonaSystem(LightningModule):
             skip=reg.MEAN_LAPLACIAN_TERMS if on_reference else ())
         share = (reg.level_template_share(t.median_edge_length, lw.lap_reference_edge,
                                           lw.lap_level_exponent) if on_reference else 1.0)
-        frame_id = batch["frame_id"]
-        pose = self.frame_params(frame_id)
-        state = self.posed_state(pose, self.frame_params.body_pose_6d(frame_id))
+        frame_id, rows = batch["frame_id"], batch.get("frame_id_host")  # rows: no host sync
+        pose = self.frame_params(frame_id, rows)
+        state = self.posed_state(pose, self.frame_params.body_pose_6d(frame_id, rows))
         camera = batch_camera(batch)
         seams_for = step_terms.seam_variants(weights, lw, is_input)
         face_init = is_input and weights["face_geo"] > 0 and frozen.rgb_init is not None

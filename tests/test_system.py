@@ -104,7 +104,9 @@ def test_training_step_logs_every_term_with_its_weight(tiny_subject: Path):
     assert "train/loss/seam_distill" in logged and "train/loss/rgb_aux_refined" not in logged
     generated_row = dm.generated_rows[0]
     logged.clear()
-    system.training_step(collate_frames([dataset[generated_row]]), 1)
+    batch = collate_frames([dataset[generated_row]])
+    batch["frame_id"] = batch["frame_id"].to("meta")  # a read of the ids would fail: the step
+    system.training_step(batch, 1)  # takes its frame from the batch's host copy
     assert logged["train/weight/depth_base"] == pytest.approx(0.01)  # generated: w = 1
     assert logged["train/weight/hand_mask"] == pytest.approx(50.0)
     assert "train/loss/rgb_aux_refined" in logged and "train/loss/seam_distill" not in logged

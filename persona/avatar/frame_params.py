@@ -79,15 +79,20 @@ class FrameParams(nn.Module):
     def num_frames(self) -> int:
         return self._num_frames
 
-    def _rows(self, frame_id: Tensor) -> list[int]:
-        """Checked frame ids as a list (one host sync per call)."""
+    def _rows(self, frame_id: Tensor, rows: list[int] | None = None) -> list[int]:
+        """Checked frame ids as a list: `rows` when the caller has them on the host (a batch's
+        "frame_id_host"), else read from frame_id (one host sync per call)."""
         if frame_id.ndim != 1 or frame_id.dtype != torch.long:
             raise ValueError(f"FrameParams: frame_id must be a long tensor [B], "
                              f"got {frame_id.dtype} {list(frame_id.shape)}")
-        rows = frame_id.tolist()
+        if rows is None:
+            rows = frame_id.tolist()
+        elif len(rows) != frame_id.shape[0]:
+            raise ValueError(f"FrameParams: {len(rows)} host rows for {frame_id.shape[0]} "
+                             f"frame ids")
         if any(row < 0 or row >= self.num_frames for row in rows):
             raise ValueError(f"FrameParams: frame_id out of range [0, {self.num_frames}): {rows}")
-        return rows
+        return list(rows)
 
     def _gather(self, name: str, frame_id: Tensor, rows: list[int]) -> Tensor:
         """One field of the frames, stacked: [B, ...] (only those frames enter the graph)."""
@@ -96,9 +101,10 @@ class FrameParams(nn.Module):
             return storage[frame_id]
         return torch.stack([storage[row] for row in rows])
 
-    def field(self, name: str, frame_id: Tensor) -> Tensor:
-        """One field (see FIELDS) of the frames frame_id [B] long. Returns [B, ...]."""
-        return self._gather(name, frame_id, self._rows(frame_id))
+    def field(self, name: str, frame_id: Tensor, rows: list[int] | None = None) -> Tensor:
+        """One field (see FIELDS) of the frames frame_id [B] long (rows: the same ids on the
+        host, optional). Returns [B, ...]."""
+        return self._gather(name, frame_id, self._rows(frame_id, rows))
 
     def _rotations_6d(self, frame_id: Tensor, rows: list[int]) -> Tensor:
         blocks = []
@@ -109,17 +115,18 @@ class FrameParams(nn.Module):
         assert rotations.shape[1] == NUM_JOINTS
         return rotations
 
-    def rotations_6d(self, frame_id: Tensor) -> Tensor:
+    def rotations_6d(self, frame_id: Tensor, rows: list[int] | None = None) -> Tensor:
         """All 55 joint rotations of the frames, 6D, SMPL-X order. Returns [B, 55, 6]."""
-        return self._rotations_6d(frame_id, self._rows(frame_id))
+        return self._rotations_6d(frame_id, self._rows(frame_id, rows))
 
-    def body_pose_6d(self, frame_id: Tensor) -> Tensor:
+    def body_pose_6d(self, frame_id: Tensor, rows: list[int] | None = None) -> Tensor:
         """The 21 body joints' 6D rotations (the deformer's input). Returns [B, 21, 6]."""
-        return self.field("body", frame_id)
+        return self.field("body", frame_id, rows)
 
-    def forward(self, frame_id: Tensor) -> PoseParams:
-        """frame_id [B] long -> PoseParams (full_pose [B, 55, 3] axis-angle, expression, transl)."""
-        rows = self._rows(frame_id)
+    def forward(self, frame_id: Tensor, rows: list[int] | None = None) -> PoseParams:
+        """frame_id [B] long (rows: the same ids on the host, optional: no host sync) ->
+        PoseParams (full_pose [B, 55, 3] axis-angle, expression, transl)."""
+        rows = self._rows(frame_id, rows)
         full_pose = rotation_6d_to_axis_angle(self._rotations_6d(frame_id, rows))  # [B, 55, 3]
         return PoseParams(full_pose, self._gather("expression", frame_id, rows),
                           self._gather("transl", frame_id, rows))

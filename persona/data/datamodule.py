@@ -154,6 +154,8 @@ CAPTURED_ONLY_EPOCH_LENGTH = 100
 # Per-frame flags also kept as Python bools ("<flag>_host"): Lightning moves tensors to the
 # device, and reading a flag there would wait for the device on every step.
 HOST_FLAGS = ("is_input", "has_albedo")
+# Per-frame indices also kept as Python ints ("<name>_host"), for the same reason.
+HOST_INDICES = ("frame_id",)
 
 
 def host_flag(batch: dict[str, Any], name: str) -> bool:
@@ -164,11 +166,15 @@ def host_flag(batch: dict[str, Any], name: str) -> bool:
 
 def collate_frames(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors along a new batch dim; ``split`` becomes a list; height/width stay ints;
-    HOST_FLAGS are also kept as lists of Python bools ("<flag>_host")."""
+    HOST_FLAGS are also kept as lists of Python bools and HOST_INDICES as lists of ints
+    ("<name>_host")."""
     batch: dict[str, Any] = {}
     for flag in HOST_FLAGS:
         if flag in samples[0]:
             batch[f"{flag}_host"] = [bool(s[flag]) for s in samples]
+    for name in HOST_INDICES:
+        if name in samples[0]:
+            batch[f"{name}_host"] = [int(s[name]) for s in samples]
     for key, value in samples[0].items():
         if isinstance(value, Tensor):
             batch[key] = torch.stack([s[key] for s in samples])

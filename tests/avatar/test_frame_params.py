@@ -112,3 +112,20 @@ def test_frozen_params_are_buffers_and_bad_ids_rejected() -> None:
     assert params.parameter_groups() == {"frame_hands": [], "frame_other": []}
     with pytest.raises(ValueError, match="frame_id"):
         params(torch.tensor([4]))
+
+
+def test_host_rows_skip_reading_the_frame_ids_back() -> None:
+    """With the batch's host copy of its frame ids, the ids tensor is never read (here it lives
+    on the meta device, where a read fails): the same pose as reading them."""
+    params = FrameParams(_poses())
+    on_meta = torch.tensor([2, 0], device="meta")
+    ours = params(on_meta, rows=[2, 0])
+    theirs = params(torch.tensor([2, 0]))
+    for a, b in ((ours.full_pose, theirs.full_pose), (ours.transl, theirs.transl)):
+        assert torch.equal(a, b)
+    assert torch.equal(params.body_pose_6d(on_meta, [2, 0]),
+                       params.body_pose_6d(torch.tensor([2, 0])))
+    with pytest.raises(ValueError, match="2 host rows for 1 frame ids"):
+        params(torch.tensor([1]), rows=[1, 2])
+    with pytest.raises(ValueError, match="out of range"):
+        params(on_meta[:1], rows=[4])

@@ -49,6 +49,9 @@ def test_training_batches_follow_the_contract(tiny_subject: Path):
     assert batch["height"] == h and batch["width"] == w and isinstance(batch["split"], list)
     for b in batches:
         record = dm.train_frames[int(b["frame_id"][0])]
+        # host copies: what the training step reads without waiting for the device
+        assert b["frame_id_host"] == [int(b["frame_id"][0])]
+        assert b["is_input_host"] == [bool(b["is_input"][0])]
         assert b["split"] == [record.split] and int(b["index"][0]) == record.index
         assert bool(b["is_input"][0]) == record.is_input == bool(b["has_albedo"][0])
         # the hand-made frames carry (len(split), index) in pixel (0, 0)
