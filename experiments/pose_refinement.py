@@ -18,8 +18,8 @@ frozen-avatar pose fit undo what the joint refinement does not?
 
 --refit-hold-depth / --refit-prior W: that refit with the translation along the camera's
 viewing axis held and / or W x the mean squared change of the body joints' 6D rotations from the
-start added to its loss (`refit_held`): does the refit find the poses once it cannot push the
-depth away or drift far from the run's fit?
+start added to its loss (TestPoseFitSettings.hold_depth / pose_prior): does the refit find the
+poses once it cannot push the depth away or drift far from the run's fit?
 
 --smooth W [W ...]: also the written poses box-filtered over W consecutive frames of each
 generated video (axis-angles and translations averaged; the window shrinks at a video's ends),
@@ -125,9 +125,11 @@ def frame_to_frame(pose: Tensor, lengths: list[int]) -> list[float]:
 
 
 def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
-                lr: float | None) -> tuple[Tensor, Tensor]:
+                lr: float | None, prior: float = 0.0, hold_depth: bool = False
+                ) -> tuple[Tensor, Tensor]:
     """Fit the training frames `rows` again with the avatar frozen (the system's test-pose fit,
-    starting from the run's fitted poses): full_pose [F, 55, 3], transl [F, 3]."""
+    starting from the run's fitted poses): full_pose [F, 55, 3], transl [F, 3]. prior and
+    hold_depth: the fit's study switches (TestPoseFitSettings.pose_prior / hold_depth)."""
     from persona.data.datamodule import collate_frames
 
     system, dm = loaded.system, loaded.dm
@@ -136,6 +138,8 @@ def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
     protocol = dataclasses.replace(base, fit_test_pose=True,
                                    fit_steps=default_steps if steps is None else steps,
                                    fit_lr=base.fit_lr if lr is None else lr)
+    settings = dataclasses.replace(protocol.fit_settings(), pose_prior=prior,
+                                   hold_depth=hold_depth)
     frames = dm.train_dataset()
     poses, transls = [], []
     for row in rows:
@@ -144,74 +148,9 @@ def refit_poses(loaded: diag.SynthRun, rows: list[int], steps: int | None,
             start = system.frame_params(torch.tensor([row]))
         batch.update(full_pose=start.full_pose, expression=start.expression,
                      transl=start.transl)
-        fitted = system.fit_test_pose(batch, protocol)
+        fitted = system.fit_test_pose(batch, protocol, settings)
         poses.append(fitted.full_pose)
         transls.append(fitted.transl)
-    return torch.cat(poses), torch.cat(transls)
-
-
-def refit_held(loaded: diag.SynthRun, rows: list[int], steps: int | None, lr: float | None,
-               prior: float, hold_depth: bool) -> tuple[Tensor, Tensor]:
-    """`refit_poses` with two study changes: the translation along the camera's viewing axis is
-    held (that component of its gradient removed before each step: SILog depth is blind to
-    scale, and the plain refit pushed it away from the truth), and `prior` x the mean squared
-    change of the body joints' 6D rotations from the start joins the loss (a pull toward the
-    run's fitted pose). Otherwise the test-pose fit's loss, optimiser and schedule."""
-    from persona.avatar import posing
-    from persona.avatar.frame_params import FrameParams
-    from persona.data.datamodule import collate_frames
-    from persona.metrics.test_pose import test_pose_loss
-    from persona.render import passes
-    from persona.system_parts import batch_camera
-
-    system, frames = loaded.system, loaded.dm.train_dataset()
-    settings = system.eval_protocol.fit_settings()
-    settings = dataclasses.replace(settings, steps=settings.steps if steps is None else steps,
-                                   lr=settings.lr if lr is None else lr)
-    frozen = [p for p in system.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    poses, transls = [], []
-    try:
-        for row in rows:
-            batch = collate_frames([frames[row]])
-            camera = batch_camera(batch)
-            view_axis = camera.R[2].detach()  # [3] the camera's z axis in the world
-            frame = {k: batch[k][0] for k in ("image", "mask", "depth", "normal", "seg")}
-            with torch.no_grad():
-                start = system.frame_params(torch.tensor([row]))
-            params = FrameParams(start)
-            start_body = params.body[0].detach().clone()  # [21, 6]
-            groups = params.parameter_groups()
-            optimiser = torch.optim.Adam(
-                [{"params": groups["frame_other"], "lr": settings.lr},
-                 {"params": groups["frame_hands"],
-                  "lr": settings.lr * settings.hand_lr_factor}], eps=settings.adam_eps)
-            frame_id = torch.zeros(1, dtype=torch.long)
-            for step in range(settings.steps):
-                if step == settings.decay_step:
-                    for group in optimiser.param_groups:
-                        group["lr"] *= settings.decay_factor
-                optimiser.zero_grad(set_to_none=True)
-                pose = params(frame_id)
-                state = system.posed_state(pose, posing.body_pose_6d(pose))
-                renders = {v: passes.render_state(system.template, state, camera,
-                                                  system.renderer, v, with_aux=False,
-                                                  with_seams=False) for v in posing.VARIANTS}
-                loss = test_pose_loss(renders, frame, settings, system.frozen.lpips_train)
-                loss = loss + prior * ((params.body[0] - start_body) ** 2).mean()
-                loss.backward()
-                grad = params.transl[0].grad
-                if hold_depth and grad is not None:
-                    grad.sub_((grad @ view_axis) * view_axis)
-                optimiser.step()
-            with torch.no_grad():
-                fitted = params(frame_id)
-            poses.append(fitted.full_pose)
-            transls.append(fitted.transl)
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(True)
     return torch.cat(poses), torch.cat(transls)
 
 
@@ -242,12 +181,8 @@ def refinement_report(run_dir: Path, subject: Path | None, refit: int = 0,
             box_smooth(written_pose, lengths, window), box_smooth(written_transl, lengths, window))
     if refit > 0:
         chosen = spread(len(picks), refit)  # positions in picks / the true poses
-        if refit_prior > 0 or refit_hold_depth:
-            pose, transl = refit_held(loaded, [picks[i] for i in chosen], refit_steps, refit_lr,
-                                      refit_prior, refit_hold_depth)
-        else:
-            pose, transl = refit_poses(loaded, [picks[i] for i in chosen], refit_steps,
-                                       refit_lr)
+        pose, transl = refit_poses(loaded, [picks[i] for i in chosen], refit_steps, refit_lr,
+                                   refit_prior, refit_hold_depth)
         true_pose, true_transl = true_poses.full_pose[chosen], true_poses.transl[chosen]
         report["refit_frames"] = len(chosen)
         for name, p, t in (("refit_written", written_pose[chosen], written_transl[chosen]),

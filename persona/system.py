@@ -36,6 +36,7 @@ from persona.losses import step_terms
 from persona.losses import terms as loss_terms
 from persona.losses.table import LossWeights, term_weights, without_missing_maps
 from persona.metrics.protocol import EvalProtocol
+from persona.metrics.test_pose import TestPoseFitSettings
 from persona.render import passes
 from persona.render.types import Gaussians, Renderer
 from persona.system_config import BodyOverrides, DeformerConfig, DeformerFactory, OptimConfig
@@ -294,14 +295,16 @@ class PersonaSystem(LightningModule):
         self.nonfinite_steps = int(checkpoint.get(NONFINITE_STEPS_KEY, 0))  # older: none
 
     # ------------------------------------------------------------------ evaluation
-    def fit_test_pose(self, batch: dict, protocol: EvalProtocol | None = None) -> PoseParams:
+    def fit_test_pose(self, batch: dict, protocol: EvalProtocol | None = None,
+                      settings: TestPoseFitSettings | None = None) -> PoseParams:
         """The authors' test-time protocol (METHOD.md sections 9 and 12; persona/metrics/
         test_pose.py): with the avatar frozen, fit the frame's SMPL-X (6D rotations, hands at
         lr / 10) to its image and maps with the full image loss on base and refined + mask +
-        0.01 depth + normal + seg."""
+        0.01 depth + normal + seg. settings: instead of the protocol's (studies)."""
         from persona.metrics import test_pose
 
         protocol = protocol or self.eval_protocol
+        settings = settings or protocol.fit_settings()
 
         def render_fn(pose: PoseParams) -> dict[str, dict[str, Tensor]]:
             # called with inference mode off: clones of the (inference) batch camera can join
@@ -315,9 +318,10 @@ class PersonaSystem(LightningModule):
 
         frame = {k: batch[k][0] for k in ("image", "mask", "depth", "normal", "seg")}
         init = PoseParams(batch["full_pose"], batch["expression"], batch["transl"])
-        return test_pose.fit_test_pose(render_fn, frame, init, protocol.fit_settings(),
+        return test_pose.fit_test_pose(render_fn, frame, init, settings,
                                        lpips_fn=self.frozen.lpips_train,
-                                       frozen_parameters=list(self.parameters()))
+                                       frozen_parameters=list(self.parameters()),
+                                       view_axis=batch["R"][0, 2].detach())
 
     def render_eval(self, batch: dict, pose: PoseParams | None = None) -> dict[str, Tensor]:
         """Render the refined avatar in `pose` (default: the batch's), composited on the eval

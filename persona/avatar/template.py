@@ -4,7 +4,7 @@ attribute the model needs (METHOD.md sections 1 and 3). Plain tensors, built onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -65,10 +65,16 @@ class AvatarTemplate:
     original_laplacian: NeighbourLaplacian  # [V0, V0] uniform Laplacian of the original mesh
     template_laplacian_targets: Tensor | None = None  # [N, 3] laplacian @ canonical_vertices
     deform_rows: Tensor | None = None  # [M] long, rows of ~no_deform (the deformer's active set)
-    region_rows: dict[str, Tensor] | None = None  # name -> [K] long rows of region_masks[name]
-    #   (index_select instead of boolean indexing: no host synchronisation in a training step)
+    region_rows: dict[str, Tensor] = field(default_factory=dict)  # name -> [K] long rows of
+    #   region_masks[name], derived when empty (index_select instead of boolean indexing: no
+    #   host synchronisation in a training step)
     median_edge_length: float = 0.0  # m, median edge of the subdivided big-pose mesh
     original_median_edge_length: float = 0.0  # m, median edge of the original topology
+
+    def __post_init__(self) -> None:
+        if not self.region_rows:
+            self.region_rows = {k: torch.nonzero(v, as_tuple=True)[0]
+                                for k, v in self.region_masks.items()}
 
     @property
     def num_vertices(self) -> int:
@@ -209,5 +215,4 @@ def build_avatar_template(
         median_edge_length=median_edge_length(vertices, faces),
         original_median_edge_length=median_edge_length(canonical, original_faces),
         deform_rows=torch.nonzero(~regions[NO_DEFORM], as_tuple=True)[0],
-        region_rows={k: torch.nonzero(v, as_tuple=True)[0] for k, v in regions.items()},
     )

@@ -67,6 +67,9 @@ class TestPoseFitSettings:
     depth_weight: float = 0.01  # SILog depth
     normal_weight: float = 1.0  # normal loss
     seg_weight: float = 1.0  # part-segmentation palette L1
+    # Study switches (experiments/pose_refinement.py; 0 / False: the authors' fit):
+    pose_prior: float = 0.0  # x mean squared change of the body joints' 6D rotations from start
+    hold_depth: bool = False  # translation gradient along the camera's viewing axis removed
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.hand_lr_factor < 0:
@@ -137,23 +140,28 @@ def _clone(value: object) -> object:
 def fit_test_pose(render_fn: RenderFn, frame: dict[str, Tensor], init_pose: PoseParams,
                   settings: TestPoseFitSettings = TestPoseFitSettings(),
                   lpips_fn: LpipsFn | None = None,
-                  frozen_parameters: Iterable[nn.Parameter] = ()) -> PoseParams:
+                  frozen_parameters: Iterable[nn.Parameter] = (),
+                  view_axis: Tensor | None = None) -> PoseParams:
     """Fit one test frame's SMPL-X (batch 1) with everything else frozen; returns the fitted
     pose, detached.
 
     render_fn renders base and refined for a pose (see RenderFn); frame holds the frame's
     targets (see `variant_loss`). frozen_parameters (e.g. the avatar's) have requires_grad
     switched off during the fit and restored after, so no gradient reaches them. Works inside
-    Lightning's test loop (inference mode and no_grad are lifted for the fit).
+    Lightning's test loop (inference mode and no_grad are lifted for the fit). view_axis [3]:
+    the camera's viewing direction in the world (unit), needed by settings.hold_depth.
     """
     if init_pose.batch_size != 1:
         raise ValueError(f"fit_test_pose: one frame at a time, got a batch of "
                          f"{init_pose.batch_size}")
+    if settings.hold_depth and view_axis is None:
+        raise ValueError("fit_test_pose: settings.hold_depth needs the camera's view_axis")
     with torch.inference_mode(False), torch.enable_grad():
         frame = {key: _clone(value) for key, value in frame.items()}
         start = PoseParams(*(_clone(t) for t in (init_pose.full_pose, init_pose.expression,
                                                   init_pose.transl)))
         params = FrameParams(start).to(start.transl.device)
+        start_body = params.body[0].detach().clone()  # [21, 6] for settings.pose_prior
         groups = params.parameter_groups()
         optimiser = torch.optim.Adam(
             [{"params": groups["frame_other"], "lr": settings.lr},
@@ -170,7 +178,13 @@ def fit_test_pose(render_fn: RenderFn, frame: dict[str, Tensor], init_pose: Pose
                         group["lr"] *= settings.decay_factor
                 optimiser.zero_grad(set_to_none=True)
                 loss = test_pose_loss(render_fn(params(frame_id)), frame, settings, lpips_fn)
+                if settings.pose_prior:
+                    loss = loss + settings.pose_prior * ((params.body[0] - start_body) ** 2).mean()
                 loss.backward()
+                grad = params.transl[0].grad
+                if settings.hold_depth and grad is not None:
+                    axis = view_axis.to(grad)
+                    grad.sub_((grad @ axis) * axis)
                 optimiser.step()
         finally:
             for parameter in frozen:

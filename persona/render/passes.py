@@ -65,7 +65,7 @@ def render_hands(template: AvatarTemplate, state: AvatarState, camera: Camera,
     authors' hand colour TV. A hand without Gaussians is left out."""
     renders = []
     for region in HAND_REGIONS:
-        rows = region_rows(template, region)  # [P]
+        rows = template.region_rows[region]  # [P]
         if rows.numel() == 0:
             continue
         scales = state.scales["base"].index_select(0, rows).detach()  # [P, 3]
@@ -75,13 +75,6 @@ def render_hands(template: AvatarTemplate, state: AvatarState, camera: Camera,
             gaussians, camera, {"rgb": ChannelGroup(state.rgb["base"].index_select(0, rows))},
             RenderSettings(depth=False)))
     return renders
-
-
-def region_rows(template: AvatarTemplate, region: str) -> Tensor:
-    """[K] long rows of a template region: the template's cached rows, else from its mask."""
-    if template.region_rows is not None and region in template.region_rows:
-        return template.region_rows[region]
-    return torch.nonzero(template.region_masks[region], as_tuple=True)[0]
 
 
 def render_eval(gaussians: Gaussians, colours: dict[str, Tensor], faces: Tensor,

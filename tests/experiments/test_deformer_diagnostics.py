@@ -245,8 +245,8 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     with torch.no_grad():
         start = loaded.system.frame_params(torch.tensor(rows))
     view_axis = loaded.dm.train_dataset()[rows[0]]["R"][2].float()
-    pose, transl = _load("pose_refinement").refit_held(loaded, rows, 3, 1e-2, prior=1.0,
-                                                       hold_depth=True)
+    pose, transl = _load("pose_refinement").refit_poses(loaded, rows, 3, 1e-2, prior=1.0,
+                                                        hold_depth=True)
     moved_transl = (transl - start.transl)[0]
     assert float(moved_transl.norm()) > 1e-4  # it moves across the view ...
     assert abs(float(moved_transl @ view_axis)) < 1e-6  # ... and not along it

@@ -155,3 +155,36 @@ def test_decay_schedule() -> None:
         moved[decay_at] = float((fitted.transl - start.transl).abs().max())
     assert moved[1.0] == pytest.approx(1e-3, rel=1e-2)
     assert moved[0.0] == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_study_switches_hold_the_depth_and_pull_the_body_to_the_start() -> None:
+    """hold_depth: the translation does not move along view_axis (and needs one); pose_prior:
+    a body joint the render sees (added to the root here) moves toward the image's answer less
+    when its change from the start is charged."""
+    scene = Scene()
+    frame = _frame(scene, _pose([0.0, 0.2, 0.0], [0.0, 0.0, 0.0]))
+    start = _pose([0.0, 0.2, 0.0], [0.02, -0.01, 0.03])
+    axis = torch.tensor([0.0, 0.0, 1.0])
+    held = fit_test_pose(scene, frame, start, TestPoseFitSettings(steps=5, lr=1e-2,
+                                                                  hold_depth=True),
+                         view_axis=axis)
+    moved = (held.transl - start.transl)[0]
+    assert float(moved[:2].abs().max()) > 1e-3 and float(moved[2]) == 0.0
+    free = fit_test_pose(scene, frame, start, TestPoseFitSettings(steps=5, lr=1e-2))
+    assert float((free.transl - start.transl)[0, 2].abs()) > 1e-3
+    with pytest.raises(ValueError, match="hold_depth needs the camera's view_axis"):
+        fit_test_pose(scene, frame, start, TestPoseFitSettings(hold_depth=True))
+
+    def seen_hip(pose: PoseParams) -> dict:  # the left hip turns the whole scene
+        full_pose = pose.full_pose.clone()
+        full_pose[:, 0] = full_pose[:, 0] + pose.full_pose[:, 1]
+        return scene(PoseParams(full_pose, pose.expression, pose.transl))
+
+    turned = _pose([0.0, 0.2, 0.0], [0.0, 0.0, 0.0])
+    turned.full_pose[0, 1] = torch.tensor([0.03, 0.0, 0.0])
+    hip_moves = []
+    for prior in (0.0, 1e4):
+        fitted = fit_test_pose(seen_hip, frame, turned, TestPoseFitSettings(
+            steps=10, lr=1e-2, pose_prior=prior))
+        hip_moves.append(float((fitted.full_pose[0, 1] - turned.full_pose[0, 1]).norm()))
+    assert hip_moves[0] > 1e-3 and hip_moves[1] < hip_moves[0] / 2, hip_moves

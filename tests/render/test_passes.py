@@ -12,7 +12,7 @@ from persona.avatar.template import build_avatar_template
 from persona.body.loader import BodySpec, load_body, random_identity
 from persona.render import passes
 from persona.render.torch_renderer import TorchRenderer
-from persona.render.types import Camera
+from persona.render.types import Camera, ChannelGroup, Gaussians, RenderSettings
 
 IMAGE_SIZE = (40, 24)  # (height, width) of the test camera, pixels
 
@@ -45,8 +45,14 @@ def test_hand_pass_uses_cached_rows_and_equals_the_masked_pick() -> None:
     state, camera, renderer = _state(template), _camera(template), TorchRenderer()
     rows_only = dataclasses.replace(template, region_masks={})  # the masks are not read
     cached = [r["rgb"] for r in passes.render_hands(rows_only, state, camera, renderer)]
-    by_mask = dataclasses.replace(template, region_rows=None)
-    masked = [r["rgb"] for r in passes.render_hands(by_mask, state, camera, renderer)]
+    masked = []  # each hand picked by its boolean mask, rendered the same way
+    for region in passes.HAND_REGIONS:
+        mask = template.region_masks[region]
+        scales = state.scales["base"][mask]
+        gaussians = Gaussians(state.means["base"][mask], scales, scales.new_ones(len(scales)))
+        masked.append(renderer.render(gaussians, camera,
+                                      {"rgb": ChannelGroup(state.rgb["base"][mask])},
+                                      RenderSettings(depth=False))["rgb"])
     assert len(cached) == len(masked) == 2
     for ours, theirs in zip(cached, masked, strict=True):
         assert float(ours.amax()) > 0  # the hand is in view
