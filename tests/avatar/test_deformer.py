@@ -280,4 +280,3 @@ def test_row_group_norm_is_group_norm_in_float64() -> None:
     torch.testing.assert_close(norm(spatial), torch.nn.functional.group_norm(spatial, 4,
                                                                              eps=norm.eps))
     assert set(RowGroupNorm(4, 16).state_dict()) == set(torch.nn.GroupNorm(4, 16).state_dict())
-
