@@ -28,14 +28,17 @@ offset in that frame and its cosine with it.
     .venv/bin/python experiments/deformer_finetune.py RUN_DIR --static truth --per-frame 3
         [--optimiser adam|normalised] [--lr 1e-3] [--steps 150] [--terms ...]
 
-Prints (and writes to --out) JSON: the settings and, per evaluation step, the garment, skirt
-and sleeve sections' world_error_mm / world_static_only_error_mm / world_zero_offset_error_mm
-(test poses), their train_* counterparts and the deformer correlation.
+Prints (and writes to --out; rewritten after every evaluation with "complete": false until the
+last, so a run stopped early keeps its curve) JSON: the settings and, per evaluation step, the
+garment, skirt and sleeve sections' world_error_mm / world_static_only_error_mm /
+world_zero_offset_error_mm (test poses), their train_* counterparts and the deformer
+correlation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deformer_diagnostics import write_result  # noqa: E402
 from deformer_gradients import load_probe  # noqa: E402
+
+from persona.atomic import atomic_write_text  # noqa: E402
 
 MASK_THRESHOLD = 0.5  # the own render's alpha above this is the target mask
 REPORT_KEYS = ("world_error_mm", "world_static_only_error_mm", "world_zero_offset_error_mm",
@@ -139,11 +144,18 @@ def main(argv: list[str]) -> int:
     system.log = lambda *a, **k: None
     curve = []
 
+    settings = {"run": str(args.run_dir), "static": args.static, "reset": args.reset,
+                "steps": args.steps, "terms": sorted(keep) or "all", "lr": lr,
+                "batch_frames": args.batch_frames}
+
     def evaluate(step: int) -> None:
         system.eval()
         entry = {"step": step, **compact(D.deformation_report(system, truth, matched))}
         system.train()
         curve.append(entry)
+        if args.out is not None and step < args.steps:  # a stopped run keeps its curve so far
+            atomic_write_text(args.out, json.dumps({**settings, "complete": False,
+                                                    "curve": curve}, indent=1) + "\n")
         g, tg = entry.get("garment", {}), entry.get("train_garment", {})
         print(f"step {step}: garment world test {g.get('world_error_mm')} "
               f"(static-only {g.get('world_static_only_error_mm')}, zero "
@@ -165,10 +177,7 @@ def main(argv: list[str]) -> int:
                 loss_terms.total_loss = total
     finally:
         loss_terms.total_loss = original_total
-    return write_result({"run": str(args.run_dir), "static": args.static, "reset": args.reset,
-                         "steps": args.steps, "terms": sorted(keep) or "all", "lr": lr,
-                         "batch_frames": args.batch_frames,
-                         "curve": curve}, args.out)
+    return write_result({**settings, "complete": True, "curve": curve}, args.out)
 
 
 def draw_rows(rows: list[int], count: int, generator: torch.Generator) -> list[int]:

@@ -281,8 +281,9 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     assert _load("deformer_finetune").main([str(run), "--static", "truth", "--reset",
                                             "--steps", "2", "--every", "2", "--lr-scale", "10",
                                             "--batch-frames", "2", "--out", str(out)]) == 0
-    curve = json.loads(out.read_text())["curve"]
-    assert [entry["step"] for entry in curve] == [0, 2]
+    written = json.loads(out.read_text())
+    curve = written["curve"]
+    assert written["complete"] and [entry["step"] for entry in curve] == [0, 2]
     start, end = curve[0]["garment"], curve[1]["garment"]
     # reset: refined = base; static = truth mean: its canonical error is the pose part's size
     assert start["world_error_mm"] == pytest.approx(start["world_static_only_error_mm"])
@@ -292,6 +293,26 @@ def test_report_on_a_short_tiny_run(tmp_path: Path, monkeypatch, capsys) -> None
     # frozen avatar: the base render's error is unchanged; the trained deformer moved refined
     assert end["world_static_only_error_mm"] == pytest.approx(start["world_static_only_error_mm"])
     assert end["world_error_mm"] != pytest.approx(start["world_error_mm"], abs=1e-3)
+    # a run stopped in its second step keeps the curve of its evaluations so far
+    from persona.data import datamodule
+
+    calls = {"n": 0}
+    collate = datamodule.collate_frames
+
+    def stop_at_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first frame of step 2 (two frames a step)
+            raise KeyboardInterrupt
+        return collate(*a, **k)
+
+    monkeypatch.setattr(datamodule, "collate_frames", stop_at_third)
+    stopped = tmp_path / "stopped.json"
+    with pytest.raises(KeyboardInterrupt):
+        _load("deformer_finetune").main([str(run), "--steps", "3", "--every", "1",
+                                         "--batch-frames", "2", "--out", str(stopped)])
+    monkeypatch.setattr(datamodule, "collate_frames", collate)
+    partial = json.loads(stopped.read_text())
+    assert not partial["complete"] and [e["step"] for e in partial["curve"]] == [0, 1]
     # --per-frame: free offsets on one frame start at 0 (error = the truth's pose part) and move
     capsys.readouterr()
     assert _load("deformer_finetune").main([str(run), "--static", "truth", "--per-frame", "1",
