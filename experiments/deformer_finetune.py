@@ -38,7 +38,6 @@ correlation.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deformer_diagnostics import write_result  # noqa: E402
 from deformer_gradients import load_probe  # noqa: E402
 
-from persona.atomic import atomic_write_text  # noqa: E402
+from persona.atomic import atomic_write_json  # noqa: E402
 
 MASK_THRESHOLD = 0.5  # the own render's alpha above this is the target mask
 REPORT_KEYS = ("world_error_mm", "world_static_only_error_mm", "world_zero_offset_error_mm",
@@ -154,8 +153,7 @@ def main(argv: list[str]) -> int:
         system.train()
         curve.append(entry)
         if args.out is not None and step < args.steps:  # a stopped run keeps its curve so far
-            atomic_write_text(args.out, json.dumps({**settings, "complete": False,
-                                                    "curve": curve}, indent=1) + "\n")
+            atomic_write_json(args.out, {**settings, "complete": False, "curve": curve})
         g, tg = entry.get("garment", {}), entry.get("train_garment", {})
         print(f"step {step}: garment world test {g.get('world_error_mm')} "
               f"(static-only {g.get('world_static_only_error_mm')}, zero "

@@ -37,18 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pose_refinement as refinement  # noqa: E402  (pose error measures)
 
 from data_prep.fitting import REFERENCE_HEIGHT, geman_mcclure  # noqa: E402
+from data_prep.footfix import FootFixSettings, project_per_frame  # noqa: E402
 from data_prep.keypoints import landmark_table, posed_landmarks, smplx_to_coco133  # noqa: E402
 from persona.atomic import atomic_write_json  # noqa: E402
 from persona.body.types import PoseParams  # noqa: E402
 from persona.data import synth  # noqa: E402
 from persona.data.subject import read_frame_record  # noqa: E402
 from persona.metrics.deformation import synth_config, true_training_poses  # noqa: E402
-from persona.render.projection import pinhole  # noqa: E402
+from persona.track.fit import NUM_FIT_KEYPOINTS  # noqa: E402  (COCO body + feet, 0-22)
 
-NUM_FIT_KEYPOINTS = 23  # COCO-WholeBody body (0-16) + feet (17-22)
 FIT_JOINTS = 22  # root + 21 body joints are fitted; jaw, eyes and fingers keep the written pose
-ROBUST_SIGMA = 100.0  # px at 1024 height: Geman-McClure scale (the fit and foot-fix stages')
-MIN_DEPTH = 1e-3  # m: camera z clamped to this in the projection
+ROBUST_SIGMA = FootFixSettings().robust_sigma  # px at 1024 height: the foot fix's Geman-McClure
 
 
 def keypoints_of(body: Any, identity: Any, pose: PoseParams, table: Any, K: Tensor, R: Tensor,
@@ -56,7 +55,7 @@ def keypoints_of(body: Any, identity: Any, pose: PoseParams, table: Any, K: Tens
     """The 23 COCO body + feet keypoints [F, 23, 2] (px) of poses [F] seen by per-frame cameras."""
     landmarks = posed_landmarks(body, identity, pose, table)  # [F, 144, 3]
     coco, _ = smplx_to_coco133(landmarks, table.valid)  # [F, 133, 3]
-    return pinhole(coco[:, :NUM_FIT_KEYPOINTS], K, R, t, MIN_DEPTH)[0]
+    return project_per_frame(coco[:, :NUM_FIT_KEYPOINTS], K, R, t)
 
 
 def fit_to_keypoints(body: Any, identity: Any, written: PoseParams, targets: Tensor,
